@@ -1,0 +1,144 @@
+"""bnbook.data: the offline subset, the full sets through a local fake server, bad input."""
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+
+from bnbook import data
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    return data.load()
+
+
+def test_mnist5k_shapes_types_and_range(mnist5k):
+    (x_train, y_train), (x_test, y_test) = mnist5k
+    assert x_train.shape == (4000, 28, 28, 1) and x_test.shape == (1000, 28, 28, 1)
+    assert x_train.dtype == np.float32 and y_train.dtype == np.int64
+    assert 0.0 == x_train.min() and x_train.max() == 1.0
+
+
+def test_mnist5k_is_stratified_and_shuffled(mnist5k):
+    (_, y_train), (_, y_test) = mnist5k
+    assert np.bincount(y_test).tolist() == [100] * 10
+    assert np.bincount(y_train).tolist() == [400] * 10
+    assert len(set(y_train[:20].tolist())) > 3  # the source file is sorted by class
+
+
+def test_mnist5k_split_is_disjoint_and_complete(mnist5k):
+    (x_train, _), (x_test, _) = mnist5k
+    rows = {r.tobytes() for r in np.concatenate([x_train, x_test]).reshape(5000, -1)}
+    assert len(rows) > 4990  # a handful of MNIST images may be duplicates; none lost or repeated by the split
+
+
+def test_seed_changes_the_split_and_is_reproducible():
+    (a, _), _ = data.load(n_test=100, seed=1)
+    (b, _), _ = data.load(n_test=100, seed=1)
+    (c, _), _ = data.load(n_test=100, seed=2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_flatten_and_n_test():
+    (x_train, _), (x_test, _) = data.load(n_test=500, flatten=True)
+    assert x_train.shape == (4500, 784) and x_test.shape == (500, 784)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"name": "cifar10"}, ValueError, ["cifar10", "mnist5k", "fashion_mnist"]),
+        ({"name": 3}, TypeError, ["name", "mnist5k"]),
+        ({"n_test": 5}, ValueError, ["n_test=5", "10 to 4990"]),
+        ({"n_test": 4999}, ValueError, ["4999", "4990"]),
+        ({"n_test": 100.0}, TypeError, ["n_test", "float"]),
+        ({"n_test": True}, TypeError, ["n_test", "bool"]),
+        ({"seed": -1}, ValueError, ["seed", "-1"]),
+        ({"seed": "0"}, TypeError, ["seed", "str"]),
+        ({"flatten": 1}, TypeError, ["flatten"]),
+        ({"name": "mnist", "n_test": 20000}, ValueError, ["20000", "10 to 10000"]),
+    ],
+)
+def test_bad_input_names_the_value_and_the_accepted_ones(kwargs, error, words):
+    with pytest.raises(error) as info:
+        data.load(**kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_dataset_name_reads_the_environment(monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    assert data.dataset_name() == "mnist5k"
+    monkeypatch.setenv(data.ENV_VAR, "fashion_mnist")
+    assert data.dataset_name() == "fashion_mnist"
+    monkeypatch.setenv(data.ENV_VAR, "imagenet")
+    with pytest.raises(ValueError, match="imagenet.*mnist5k"):
+        data.dataset_name()
+
+
+def _fake_mnist(path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+        y_train=np.arange(60) % 10,
+        x_test=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+        y_test=np.arange(100) % 10,
+    )
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_full_set_downloads_once_into_the_cache(tmp_path, monkeypatch):
+    remote = tmp_path / "remote" / "mnist.npz"
+    remote.parent.mkdir()
+    digest = _fake_mnist(remote)
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    cache = tmp_path / "cache"
+    (x_train, y_train), (x_test, y_test) = data.load("mnist", n_test=50, cache_dir=cache)
+    assert x_train.shape == (60, 28, 28, 1) and x_test.shape == (50, 28, 28, 1)
+    assert np.bincount(y_test).tolist() == [5] * 10
+    assert [p.name for p in cache.iterdir()] == ["mnist.npz"]
+    remote.unlink()  # a second load must come from the cache
+    (again, _), _ = data.load("mnist", n_test=50, cache_dir=cache)
+    assert np.array_equal(again, x_train)
+
+
+def test_fashion_mnist_idx_files_are_parsed(tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    sources = []
+    for fname, n, header, shape in (
+        ("train-labels-idx1-ubyte.gz", 20, 8, (20,)),
+        ("train-images-idx3-ubyte.gz", 20, 16, (20, 28, 28)),
+        ("t10k-labels-idx1-ubyte.gz", 30, 8, (30,)),
+        ("t10k-images-idx3-ubyte.gz", 30, 16, (30, 28, 28)),
+    ):
+        body = (np.arange(n) % 10).astype(np.uint8) if len(shape) == 1 else np.full(shape, 255, np.uint8)
+        with gzip.open(remote / fname, "wb") as f:
+            f.write(b"\0" * header + body.tobytes())
+        sources.append((f"fashion-mnist/{fname}", (remote / fname).as_uri(), None))
+    monkeypatch.setitem(data._SOURCES, "fashion_mnist", sources)
+    (x_train, y_train), (x_test, y_test) = data.load("fashion_mnist", n_test=10, cache_dir=tmp_path / "c", flatten=True)
+    assert x_train.shape == (20, 784) and np.all(x_train == 1.0)
+    assert y_train.tolist() == [i % 10 for i in range(20)] and sorted(y_test.tolist()) == list(range(10))
+
+
+def test_offline_without_cache_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", (tmp_path / "missing.npz").as_uri(), None)])
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionError, match="mnist5k") as info:
+        data.load("mnist", cache_dir=cache)
+    assert "'mnist'" in str(info.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_corrupt_download_is_rejected_and_not_cached(tmp_path, monkeypatch):
+    remote = tmp_path / "mnist.npz"
+    _fake_mnist(remote)
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), "0" * 64)])
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionError, match="sha256"):
+        data.load("mnist", cache_dir=cache)
+    assert list(cache.iterdir()) == []
