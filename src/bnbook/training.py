@@ -1,0 +1,189 @@
+"""Training loops that return tidy pandas tables: one run, or variants x seeds.
+
+The chapters build and compile their models themselves (the BN layer, the bias and
+the placement stay visible there); these helpers only run ``fit`` quietly, time each
+epoch, and collect the history.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from bnbook.reproducibility import set_up
+
+__all__ = ["QUIET_ENV_VAR", "final_metrics", "run_experiments", "train"]
+
+#: When this environment variable is "1", helpers print nothing (set by ``make execute``/``make test``).
+QUIET_ENV_VAR = "BNBOOK_QUIET"
+
+
+def _quiet_by_default() -> bool:
+    return os.environ.get(QUIET_ENV_VAR, "") == "1"
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Record the wall time of every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return int(value)
+
+
+def train(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    shuffle: bool = True,
+) -> pd.DataFrame:
+    """Fit a compiled model silently and return its history, one row per epoch.
+
+    Args:
+        model: A compiled Keras model.
+        x, y: Training inputs and labels.
+        epochs: Number of epochs, >= 1.
+        batch_size: Mini-batch size, >= 1.
+        validation_data: ``(x_val, y_val)``; adds ``val_*`` columns, computed in
+            inference mode (moving statistics) by ``fit``.
+        callbacks: Extra Keras callbacks.
+        shuffle: Shuffle the training data every epoch (seeded by ``set_up``).
+
+    Returns:
+        A DataFrame with columns ``epoch`` (1-based), every metric Keras logged
+        (``loss``, ``accuracy``, ``val_loss``, ...) and ``seconds``, the wall time
+        of the epoch.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, or ``epochs``/``batch_size`` not ints.
+        ValueError: ``model`` is not compiled, or ``epochs``/``batch_size`` < 1.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    if not model.compiled:
+        raise ValueError("model must be compiled first: call model.compile(optimizer=..., loss=..., metrics=[...])")
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    timer = _EpochTimer()
+    history = model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=validation_data,
+        callbacks=[*callbacks, timer],
+        shuffle=shuffle,
+        verbose=0,
+    )
+    table = pd.DataFrame(history.history)
+    table.insert(0, "epoch", np.arange(1, len(table) + 1))
+    table["seconds"] = timer.seconds
+    return table
+
+
+def run_experiments(
+    variants: Mapping[str, Callable[[], keras.Model]],
+    seeds: Sequence[int],
+    data: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Train every variant with every seed and return one tidy table.
+
+    For each ``(variant, seed)`` it calls ``set_up(seed)`` first, so that every variant
+    sees the same initialisation seed and the same data order, then builds a fresh
+    model with the variant's function, which must return a *compiled* model.
+
+    Args:
+        variants: ``{name: build_fn}``; each ``build_fn()`` returns a compiled model.
+        seeds: The seeds, one run each per variant.
+        data: ``(x_train, y_train), (x_test, y_test)`` as returned by ``bnbook.data.load``;
+            the test set is the validation data.
+        epochs, batch_size: As in :func:`train`.
+        progress: Print one line per finished run. ``None``: print unless the
+            environment variable ``BNBOOK_QUIET`` is ``"1"``.
+
+    Returns:
+        A DataFrame with columns ``variant``, ``seed``, then those of :func:`train`.
+
+    Raises:
+        TypeError: A variant's function is not callable or does not return a Keras model.
+        ValueError: ``variants`` or ``seeds`` is empty.
+    """
+    if not variants:
+        raise ValueError("variants is empty: pass {'name': build_fn, ...}")
+    if len(seeds) == 0:
+        raise ValueError("seeds is empty: pass at least one seed, e.g. [0, 1, 2]")
+    for name, build in variants.items():
+        if not callable(build):
+            raise TypeError(f"variant {name!r} must map to a function returning a compiled model, got {build!r}")
+    show = (not _quiet_by_default()) if progress is None else progress
+    (x_train, y_train), test = data
+    runs = []
+    total = len(variants) * len(seeds)
+    done = 0
+    for name, build in variants.items():
+        for seed in seeds:
+            set_up(seed)
+            model = build()
+            if not isinstance(model, keras.Model):
+                raise TypeError(f"variant {name!r} returned {type(model).__name__}, not a keras.Model")
+            table = train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, validation_data=test)
+            table.insert(0, "seed", seed)
+            table.insert(0, "variant", name)
+            runs.append(table)
+            done += 1
+            if show:
+                last = table.iloc[-1]
+                metrics = ", ".join(f"{k}={last[k]:.4f}" for k in table.columns if k.startswith("val_"))
+                print(f"[{done}/{total}] {name}, seed {seed}: {metrics} ({table['seconds'].sum():.1f} s)", flush=True)
+    return pd.concat(runs, ignore_index=True)
+
+
+def final_metrics(results: pd.DataFrame, metric: str = "val_accuracy", *, by: str = "variant") -> pd.DataFrame:
+    """Summarise the last epoch of each run: mean, std, min and max over seeds per group.
+
+    Args:
+        results: A table from :func:`run_experiments`.
+        metric: The column to summarise.
+        by: The grouping column.
+
+    Returns:
+        One row per group (index ``by``), columns ``mean``, ``std``, ``min``, ``max``, ``runs``.
+
+    Raises:
+        ValueError: A needed column is missing (the message lists those present).
+    """
+    for column in (metric, by, "epoch", "seed"):
+        if column not in results.columns:
+            raise ValueError(f"column {column!r} is not in the results; present: {', '.join(results.columns)}")
+    last = results[results["epoch"] == results.groupby([by, "seed"])["epoch"].transform("max")]
+    summary = last.groupby(by, sort=False)[metric].agg(["mean", "std", "min", "max", "count"])
+    return summary.rename(columns={"count": "runs"})

@@ -1,0 +1,80 @@
+"""bnbook.training: one run, a grid of variants x seeds, the summary, bad input."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnbook.training import final_metrics, run_experiments, train
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(64, 4)).astype("float32")
+Y = (X[:, 0] > 0).astype("int64")
+DATA = ((X, Y), (X[:32], Y[:32]))
+
+
+def _model(units=4, bn=False):
+    layers = [keras.Input((4,)), keras.layers.Dense(units, use_bias=not bn)]
+    if bn:
+        layers.append(keras.layers.BatchNormalization())
+    model = keras.Sequential([*layers, keras.layers.Activation("relu"), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_train_returns_one_row_per_epoch_with_times():
+    table = train(_model(), X, Y, epochs=3, batch_size=16, validation_data=DATA[1])
+    assert list(table.columns) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "seconds"]
+    assert table["epoch"].tolist() == [1, 2, 3]
+    assert (table["seconds"] > 0).all()
+    assert table["loss"].iloc[-1] < table["loss"].iloc[0]
+
+
+def test_run_experiments_is_tidy_and_reproducible(capsys):
+    variants = {"plain": _model, "BN": lambda: _model(bn=True)}
+    first = run_experiments(variants, [0, 1], DATA, epochs=2, batch_size=16, progress=True)
+    assert len(first) == 2 * 2 * 2
+    assert first.groupby(["variant", "seed"]).size().tolist() == [2, 2, 2, 2]
+    assert capsys.readouterr().out.count("\n") == 4  # one progress line per run
+    second = run_experiments(variants, [0, 1], DATA, epochs=2, batch_size=16, progress=False)
+    assert capsys.readouterr().out == ""
+    pd.testing.assert_series_equal(first["loss"], second["loss"])  # same seeds, same numbers
+    assert not np.isclose(first["loss"].iloc[0], first["loss"].iloc[2])  # different seeds differ
+
+
+def test_progress_follows_the_quiet_variable(monkeypatch, capsys):
+    monkeypatch.setenv("BNBOOK_QUIET", "1")
+    run_experiments({"plain": _model}, [0], DATA, epochs=1, batch_size=32)
+    assert capsys.readouterr().out == ""
+
+
+def test_final_metrics_summarises_the_last_epoch():
+    results = pd.DataFrame({
+        "variant": ["a"] * 4 + ["b"] * 4, "seed": [0, 0, 1, 1] * 2, "epoch": [1, 2] * 4,
+        "val_accuracy": [0.1, 0.5, 0.2, 0.7, 0.3, 0.8, 0.4, 0.9],
+    })
+    summary = final_metrics(results)
+    assert summary.loc["a", "mean"] == pytest.approx(0.6) and summary.loc["b", "max"] == pytest.approx(0.9)
+    assert summary["runs"].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="'val_loss'.*variant"):
+        final_metrics(results, "val_loss")
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="keras.Model"):
+        train("model", X, Y, epochs=1)
+    uncompiled = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="compile"):
+        train(uncompiled, X, Y, epochs=1)
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        train(_model(), X, Y, epochs=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        train(_model(), X, Y, epochs=1, batch_size=1.5)
+    with pytest.raises(ValueError, match="variants is empty"):
+        run_experiments({}, [0], DATA, epochs=1)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        run_experiments({"a": _model}, [], DATA, epochs=1)
+    with pytest.raises(TypeError, match="variant 'a'"):
+        run_experiments({"a": 3}, [0], DATA, epochs=1)
+    with pytest.raises(TypeError, match="returned str"):
+        run_experiments({"a": lambda: "not a model"}, [0], DATA, epochs=1)
