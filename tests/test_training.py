@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnbook.training import final_metrics, run_experiments, train
+from bnbook.training import final_metrics, last_epoch, run_experiments, train
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(64, 4)).astype("float32")
@@ -58,6 +58,13 @@ def test_final_metrics_summarises_the_last_epoch():
     assert summary["runs"].tolist() == [2, 2]
     with pytest.raises(ValueError, match="'val_loss'.*variant"):
         final_metrics(results, "val_loss")
+
+
+def test_last_epoch_keeps_one_row_per_run():
+    results = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 2, "seed": [0, 0, 1, 0, 0], "epoch": [1, 2, 1, 1, 2], "x": range(5)})
+    assert last_epoch(results)["x"].tolist() == [1, 2, 4]
+    with pytest.raises(ValueError, match="'seed'"):
+        last_epoch(results.drop(columns="seed"))
 
 
 def test_bad_input():

@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
 
+from bnbook.training import last_epoch
+
 __all__ = ["COLORS", "plot_curves", "plot_final", "use_style"]
 
 #: Colour cycle shared by all chapters (colour-blind safe, Okabe & Ito).
@@ -106,7 +108,7 @@ def plot_final(
     _require(results, (y, hue, "epoch", "seed"))
     if ax is None:
         _, ax = plt.subplots()
-    last = results[results["epoch"] == results.groupby([hue, "seed"])["epoch"].transform("max")]
+    last = last_epoch(results, by=hue)
     names = list(dict.fromkeys(last[hue]))
     for i, name in enumerate(names):
         values = last.loc[last[hue] == name, y].to_numpy()

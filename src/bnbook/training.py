@@ -18,7 +18,7 @@ import pandas as pd
 
 from bnbook.reproducibility import set_up
 
-__all__ = ["QUIET_ENV_VAR", "final_metrics", "run_experiments", "train"]
+__all__ = ["QUIET_ENV_VAR", "final_metrics", "last_epoch", "run_experiments", "train"]
 
 #: When this environment variable is "1", helpers print nothing (set by ``make execute``/``make test``).
 QUIET_ENV_VAR = "BNBOOK_QUIET"
@@ -167,6 +167,18 @@ def run_experiments(
     return pd.concat(runs, ignore_index=True)
 
 
+def last_epoch(results: pd.DataFrame, *, by: str = "variant") -> pd.DataFrame:
+    """Return the rows of the last epoch of every run, a run being one ``(by, seed)`` pair.
+
+    Raises:
+        ValueError: ``by``, ``seed`` or ``epoch`` is not a column (the message lists those present).
+    """
+    for column in (by, "epoch", "seed"):
+        if column not in results.columns:
+            raise ValueError(f"column {column!r} is not in the results; present: {', '.join(map(str, results.columns))}")
+    return results[results["epoch"] == results.groupby([by, "seed"])["epoch"].transform("max")]
+
+
 def final_metrics(results: pd.DataFrame, metric: str = "val_accuracy", *, by: str = "variant") -> pd.DataFrame:
     """Summarise the last epoch of each run: mean, std, min and max over seeds per group.
 
@@ -181,9 +193,7 @@ def final_metrics(results: pd.DataFrame, metric: str = "val_accuracy", *, by: st
     Raises:
         ValueError: A needed column is missing (the message lists those present).
     """
-    for column in (metric, by, "epoch", "seed"):
-        if column not in results.columns:
-            raise ValueError(f"column {column!r} is not in the results; present: {', '.join(results.columns)}")
-    last = results[results["epoch"] == results.groupby([by, "seed"])["epoch"].transform("max")]
-    summary = last.groupby(by, sort=False)[metric].agg(["mean", "std", "min", "max", "count"])
+    if metric not in results.columns:
+        raise ValueError(f"column {metric!r} is not in the results; present: {', '.join(map(str, results.columns))}")
+    summary = last_epoch(results, by=by).groupby(by, sort=False)[metric].agg(["mean", "std", "min", "max", "count"])
     return summary.rename(columns={"count": "runs"})
