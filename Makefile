@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q || status=1; \
 	echo "== 3/3 site: build, then every page in headless Chromium"; \
-	{ $(BIN)/jupyter-book build . -W -n --keep-going && $(BIN)/python -m pytest tests/site -q; } || status=1; \
+	{ $(BIN)/jupyter-book build . -W -n --keep-going && $(BIN)/python -m pytest tests/site -v -p no:cacheprovider; } || status=1; \
 	exit $$status
 
 unit: $(STAMP)
