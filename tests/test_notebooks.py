@@ -35,7 +35,11 @@ def test_noise_is_detected():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="63/63 [==============] - 1s")]
     assert notebooks.noisy_outputs(nb) and "cell 0" in notebooks.noisy_outputs(nb)[0]
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="63/63 ━━━━━━━━━━ 1s 3ms/step")]
+    assert notebooks.noisy_outputs(nb)
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="accuracy 0.97")]
+    assert notebooks.noisy_outputs(nb) == []
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="┏━━━━━━━┳━━━━━┓ model.summary() table")]
     assert notebooks.noisy_outputs(nb) == []
 
 

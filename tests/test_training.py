@@ -42,6 +42,14 @@ def test_run_experiments_is_tidy_and_reproducible(capsys):
     assert not np.isclose(first["loss"].iloc[0], first["loss"].iloc[2])  # different seeds differ
 
 
+def test_keep_models_returns_the_trained_models():
+    results, models = run_experiments({"plain": _model}, [0, 1], DATA, epochs=1, batch_size=32, progress=False, keep_models=True)
+    assert sorted(models) == [("plain", 0), ("plain", 1)]
+    model = models[("plain", 1)]
+    loss = model.evaluate(*DATA[1], verbose=0)[0]
+    assert loss == pytest.approx(results.loc[(results["seed"] == 1), "val_loss"].iloc[-1], rel=1e-5)
+
+
 def test_progress_follows_the_quiet_variable(monkeypatch, capsys):
     monkeypatch.setenv("BNBOOK_QUIET", "1")
     run_experiments({"plain": _model}, [0], DATA, epochs=1, batch_size=32)

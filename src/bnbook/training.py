@@ -114,7 +114,8 @@ def run_experiments(
     epochs: int,
     batch_size: int = 64,
     progress: bool | None = None,
-) -> pd.DataFrame:
+    keep_models: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, int], keras.Model]]:
     """Train every variant with every seed and return one tidy table.
 
     For each ``(variant, seed)`` it calls ``set_up(seed)`` first, so that every variant
@@ -129,9 +130,11 @@ def run_experiments(
         epochs, batch_size: As in :func:`train`.
         progress: Print one line per finished run. ``None``: print unless the
             environment variable ``BNBOOK_QUIET`` is ``"1"``.
+        keep_models: Also return the trained models, to inspect them afterwards.
 
     Returns:
-        A DataFrame with columns ``variant``, ``seed``, then those of :func:`train`.
+        A DataFrame with columns ``variant``, ``seed``, then those of :func:`train`;
+        with ``keep_models=True``, the pair ``(table, {(variant, seed): model})``.
 
     Raises:
         TypeError: A variant's function is not callable or does not return a Keras model.
@@ -146,7 +149,7 @@ def run_experiments(
             raise TypeError(f"variant {name!r} must map to a function returning a compiled model, got {build!r}")
     show = (not _quiet_by_default()) if progress is None else progress
     (x_train, y_train), test = data
-    runs = []
+    runs, models = [], {}
     total = len(variants) * len(seeds)
     done = 0
     for name, build in variants.items():
@@ -159,12 +162,15 @@ def run_experiments(
             table.insert(0, "seed", seed)
             table.insert(0, "variant", name)
             runs.append(table)
+            if keep_models:
+                models[(name, seed)] = model
             done += 1
             if show:
                 last = table.iloc[-1]
                 metrics = ", ".join(f"{k}={last[k]:.4f}" for k in table.columns if k.startswith("val_"))
                 print(f"[{done}/{total}] {name}, seed {seed}: {metrics} ({table['seconds'].sum():.1f} s)", flush=True)
-    return pd.concat(runs, ignore_index=True)
+    results = pd.concat(runs, ignore_index=True)
+    return (results, models) if keep_models else results
 
 
 def last_epoch(results: pd.DataFrame, *, by: str = "variant") -> pd.DataFrame:
