@@ -42,6 +42,27 @@ def test_run_experiments_is_tidy_and_reproducible(capsys):
     assert not np.isclose(first["loss"].iloc[0], first["loss"].iloc[2])  # different seeds differ
 
 
+def _dropout_bn_model():
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(8, use_bias=False), keras.layers.BatchNormalization(momentum=0.9),
+        keras.layers.Activation("relu"), keras.layers.Dropout(0.3), keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_reusing_the_traced_graph_gives_the_same_results_as_fresh_models():
+    variants = {"a": _dropout_bn_model, "b": lambda: _model(bn=True)}
+    reused, reused_models = run_experiments(variants, [0, 1, 2], DATA, epochs=2, batch_size=16, progress=False, keep_models=True)
+    fresh, fresh_models = run_experiments(variants, [0, 1, 2], DATA, epochs=2, batch_size=16, progress=False, keep_models=True, reuse_graphs=False)
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(reused[column], fresh[column], rtol=1e-6, atol=1e-7)
+    for key in fresh_models:  # kept models are distinct objects holding each run's trained weights
+        for a, b in zip(reused_models[key].variables, fresh_models[key].variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert reused_models[("a", 0)] is not reused_models[("a", 1)]
+
+
 def test_keep_models_returns_the_trained_models():
     results, models = run_experiments({"plain": _model}, [0, 1], DATA, epochs=1, batch_size=32, progress=False, keep_models=True)
     assert sorted(models) == [("plain", 0), ("plain", 1)]
