@@ -30,6 +30,8 @@ def test_plot_curves_draws_the_mean_and_a_band_per_variant():
     assert [line.get_label() for line in lines] == ["a", "b"]
     np.testing.assert_allclose(lines[0].get_ydata(), [0.2, 0.3, 0.4])
     assert len(ax.collections) == 2  # one min-max band each
+    ax.figure.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # integer epochs only
     plt.close("all")
 
 

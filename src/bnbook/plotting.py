@@ -6,6 +6,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from bnbook.training import last_epoch
 
@@ -75,6 +76,8 @@ def plot_curves(
         (line,) = ax.plot(stats.index, stats["mean"], label=str(name))
         if group.groupby(x)[y].size().max() > 1:
             ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2, linewidth=0)
+    if pd.api.types.is_integer_dtype(results[x]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5"
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     ax.legend()
