@@ -14,8 +14,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 ## book: build the website into _build/html from the notebooks' stored outputs
+## (--all: every page, so a changed _toc.yml reaches every page's navigation)
 book: $(STAMP)
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 ## test: unit tests, nbval on every chapter (with durations), then the site test in headless Chromium
@@ -27,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q || status=1; \
 	echo "== 3/3 site: build, then every page in headless Chromium"; \
-	{ $(BIN)/jupyter-book build . -W -n --keep-going && $(BIN)/python -m pytest tests/site -v -p no:cacheprovider; } || status=1; \
+	{ $(BIN)/jupyter-book build . --all -W -n --keep-going && $(BIN)/python -m pytest tests/site -v -p no:cacheprovider; } || status=1; \
 	exit $$status
 
 unit: $(STAMP)
