@@ -138,6 +138,54 @@ def test_unfoldable_bn_is_reported_with_a_reason():
     ]
 
 
+class _ScaledDense(L.Dense):
+    """A Dense subclass whose call differs: must not be folded as a Dense."""
+
+    def call(self, inputs):
+        return 2.0 * super().call(inputs)
+
+
+@pytest.mark.parametrize(
+    ("make_producer", "reason"),
+    [
+        (lambda: _ScaledDense(3, name="producer"), "_ScaledDense, not a Dense"),
+        (lambda: L.Dense(3, dtype="mixed_float16", name="producer"), "computes in float16"),
+        (lambda: L.Dense(3, dtype="float64", name="producer"), "computes in float64"),
+    ],
+)
+def test_layers_that_would_fold_wrongly_are_refused(make_producer, reason):
+    model = keras.Sequential([keras.Input((4,)), make_producer(), L.BatchNormalization(name="bn")])
+    _randomise_bn(model, np.random.default_rng(0))
+    assert reason in plan_folding(model)[0].reason
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+    _check_same_predictions(model, x, expected_bn_left=1)
+
+
+def test_quantized_and_lora_layers_are_refused():
+    for change, reason in ((lambda d: d.quantize("int8"), "quantized"), (lambda d: d.enable_lora(2), "LoRA")):
+        model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="producer"), L.BatchNormalization(name="bn")])
+        _randomise_bn(model, np.random.default_rng(0))
+        change(model.get_layer("producer"))
+        assert reason in plan_folding(model)[0].reason
+
+
+def test_shared_bn_and_nested_models_are_reported():
+    shared = L.BatchNormalization(name="shared_bn")
+    inputs = keras.Input((4,))
+    a, b = L.Dense(3, name="da")(inputs), L.Dense(3, name="db")(inputs)
+    model = keras.Model(inputs, L.Add()([shared(a), shared(b)]))
+    assert "shared" in plan_folding(model)[0].reason
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(3), L.BatchNormalization(name="inner_bn")], name="inner")
+    outer = keras.Sequential([keras.Input((4,)), inner, L.Dense(2)])
+    _randomise_bn(inner, np.random.default_rng(0))
+    plan = plan_folding(outer)
+    assert [(d.bn, d.folded) for d in plan] == [("inner_bn", False)] and "nested model 'inner'" in plan[0].reason
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+    with pytest.warns(FoldingWarning, match="inner_bn"):
+        folded = fold_batchnorm(outer)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), outer.predict(x, verbose=0), atol=1e-5)
+
+
 def test_the_original_model_is_not_modified():
     set_up(1)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3, use_bias=False), L.BatchNormalization(), L.Dense(2)])

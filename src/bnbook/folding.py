@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = ["FoldDecision", "FoldingWarning", "fold_batchnorm", "folded_weights", "plan_folding"]
 
+# Exact types only: a subclass may override call() and compute something else.
 _FOLDABLE = (keras.layers.Dense, keras.layers.Conv2D)
 
 
@@ -126,10 +127,18 @@ def _edges(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.La
 
 def _decide(bn: keras.layers.BatchNormalization, producer: Any, n_consumers: int) -> FoldDecision:
     name = bn.name
+    if len(bn._inbound_nodes) != 1:
+        return FoldDecision(name, None, False, "the BN layer is shared (called more than once)")
     if producer is None or isinstance(producer, keras.layers.InputLayer):
         return FoldDecision(name, None, False, "no Dense or Conv2D layer before it")
-    if not isinstance(producer, _FOLDABLE):
+    if type(producer) not in _FOLDABLE:
         return FoldDecision(name, producer.name, False, f"follows a {type(producer).__name__}, not a Dense or Conv2D")
+    if getattr(producer.dtype_policy, "quantization_mode", None) is not None:
+        return FoldDecision(name, producer.name, False, f"{producer.name} is quantized")
+    if getattr(producer, "lora_enabled", False):
+        return FoldDecision(name, producer.name, False, f"{producer.name} has LoRA enabled")
+    if producer.compute_dtype != "float32" or bn.compute_dtype != "float32":
+        return FoldDecision(name, producer.name, False, f"{producer.name} computes in {producer.compute_dtype}; only float32 is folded")
     if producer.activation is not keras.activations.linear:
         act = getattr(producer.activation, "__name__", str(producer.activation))
         return FoldDecision(name, producer.name, False, f"{producer.name} applies activation {act!r} before BN")
@@ -141,15 +150,29 @@ def _decide(bn: keras.layers.BatchNormalization, producer: Any, n_consumers: int
     return FoldDecision(name, producer.name, True, "folded")
 
 
+def _nested_bn(model: keras.Model) -> list[FoldDecision]:
+    """BN layers inside nested models: reported, not searched."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            for inner in layer._flatten_layers(include_self=False):
+                if isinstance(inner, keras.layers.BatchNormalization):
+                    found.append(FoldDecision(inner.name, None, False, f"inside the nested model {layer.name!r}"))
+    return found
+
+
 def plan_folding(model: keras.Model) -> list[FoldDecision]:
     """Say, for every BN layer of ``model``, whether it can be folded and why (or why not).
+
+    BN layers inside nested models are listed as not folded (fold the inner model
+    separately if needed).
 
     Raises:
         TypeError: ``model`` is not a Keras model.
         ValueError: ``model`` is not built.
     """
     _check_model(model)
-    return [_decide(bn, producer, n) for bn, producer, n in _edges(model)]
+    return [_decide(bn, producer, n) for bn, producer, n in _edges(model)] + _nested_bn(model)
 
 
 def _clone(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -178,11 +201,13 @@ def _fused_layer(producer: keras.layers.Layer, bn: keras.layers.BatchNormalizati
 def fold_batchnorm(model: keras.Model, *, warn: bool = True) -> keras.Model:
     """Return a copy of ``model`` with every foldable BN layer folded into the layer before it.
 
-    A BN layer is folded when it directly follows a Dense or Conv2D layer that has no
+    A BN layer is folded when it directly follows a plain ``Dense`` or ``Conv2D`` layer
+    (not a subclass, not quantized, no LoRA, computing in float32) that has no
     activation, whose output nothing else uses, and whose channel axis is BN's axis.
     The copy's predictions equal the original's in inference mode up to float32
-    rounding. Other BN layers are kept (with their weights) and reported, never
-    mis-folded. The original model is not modified: every layer is a new copy.
+    rounding. Other BN layers, including any inside nested models, are kept (with
+    their weights) and reported. The original model is not modified: every layer is
+    a new copy.
 
     Args:
         model: A built Sequential or Functional Keras model.
