@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bnbook._checks import check_int
+
 __all__ = ["DATASETS", "ENV_VAR", "dataset_name", "load"]
 
 #: The accepted data set names.
@@ -131,12 +133,6 @@ def _stratified_indices(y: np.ndarray, n_pick: int, seed: int) -> tuple[np.ndarr
     return rest, picked
 
 
-def _check_int(value: object, what: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {value!r} of type {type(value).__name__}")
-    return int(value)
-
-
 def load(
     name: str = "mnist5k",
     *,
@@ -173,12 +169,10 @@ def load(
         raise TypeError(f"name must be a str, one of {', '.join(DATASETS)}; got {name!r}")
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
-    n_test = _check_int(n_test, "n_test")
-    seed = _check_int(seed, "seed")
+    n_test = check_int(n_test, "n_test")
+    seed = check_int(seed, "seed", minimum=0)
     if not isinstance(flatten, bool):
         raise TypeError(f"flatten must be a bool, got {flatten!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
 
     if name == "mnist5k":
         if not 10 <= n_test <= 4990:

@@ -175,11 +175,6 @@ def plan_folding(model: keras.Model) -> list[FoldDecision]:
     return [_decide(bn, producer, n) for bn, producer, n in _edges(model)] + _nested_bn(model)
 
 
-def _clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-    clone = layer.__class__.from_config(layer.get_config())
-    return clone
-
-
 def _fused_layer(producer: keras.layers.Layer, bn: keras.layers.BatchNormalization) -> keras.layers.Layer:
     config = {**producer.get_config(), "use_bias": True, "bias_initializer": "zeros"}
     fused = producer.__class__.from_config(config)
@@ -235,7 +230,7 @@ def fold_batchnorm(model: keras.Model, *, warn: bool = True) -> keras.Model:
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
         if layer.name in bn_after:
             return _fused_layer(layer, bn_after[layer.name])
-        clone = _clone(layer)
+        clone = layer.__class__.from_config(layer.get_config())
         if layer.weights:
             clone.build(layer.input.shape)
             clone.set_weights(layer.get_weights())

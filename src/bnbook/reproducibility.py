@@ -6,6 +6,8 @@ import logging
 import os
 import warnings
 
+from bnbook._checks import check_int
+
 __all__ = ["set_up"]
 
 
@@ -39,8 +41,7 @@ def set_up(seed: int = 0, *, deterministic: bool = True, quiet: bool = True) -> 
         TypeError: If ``seed`` is not an ``int`` (``bool`` is rejected).
         ValueError: If ``seed`` is negative or at least ``2**32``.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
+    seed = check_int(seed, "seed")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if quiet:

@@ -15,15 +15,9 @@ import keras
 import numpy as np
 import pandas as pd
 
+from bnbook._checks import check_int
+
 __all__ = ["interleaved_call_seconds", "interleaved_epoch_seconds"]
-
-
-def _check_repeats(repeats: object) -> int:
-    if not isinstance(repeats, int) or isinstance(repeats, bool):
-        raise TypeError(f"repeats must be an int, got {repeats!r}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    return repeats
 
 
 def interleaved_epoch_seconds(
@@ -47,7 +41,7 @@ def interleaved_epoch_seconds(
         TypeError: A value is not a compiled Keras model, or ``repeats`` not an int.
         ValueError: ``models`` is empty or ``repeats`` < 1.
     """
-    repeats = _check_repeats(repeats)
+    repeats = check_int(repeats, "repeats", minimum=1)
     if not models:
         raise ValueError("models is empty: pass {'name': compiled_model, ...}")
     for name, model in models.items():
@@ -77,7 +71,7 @@ def interleaved_call_seconds(calls: Mapping[str, Callable[[], Any]], *, repeats:
         TypeError: A value is not callable, or ``repeats`` not an int.
         ValueError: ``calls`` is empty or ``repeats`` < 1.
     """
-    repeats = _check_repeats(repeats)
+    repeats = check_int(repeats, "repeats", minimum=1)
     if not calls:
         raise ValueError("calls is empty: pass {'name': function, ...}")
     for name, call in calls.items():

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from bnbook._checks import check_int
 from bnbook.reproducibility import set_up
 
 __all__ = ["QUIET_ENV_VAR", "final_metrics", "last_epoch", "run_experiments", "train"]
@@ -41,14 +42,6 @@ class _EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self.seconds.append(time.perf_counter() - self._start)
-
-
-def _check_positive_int(value: object, what: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return int(value)
 
 
 def _same_variables(a: keras.Model, b: keras.Model) -> bool:
@@ -97,8 +90,8 @@ def train(
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
     if not model.compiled:
         raise ValueError("model must be compiled first: call model.compile(optimizer=..., loss=..., metrics=[...])")
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    epochs = check_int(epochs, "epochs", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     timer = _EpochTimer()
     history = model.fit(
         x,

@@ -1,0 +1,14 @@
+"""Argument checks shared by the package's public functions (private)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_int(value: object, what: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int; ``TypeError`` if it is not one (bools rejected), ``ValueError`` below ``minimum``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {value!r} of type {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
