@@ -3,9 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.lint-installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: book test unit nbval site execute clean
+.PHONY: book test lint unit nbval site execute clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,23 +14,40 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
 
+$(LINT_STAMP): requirements-lint.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-lint.txt
+	@touch $(LINT_STAMP)
+
+# TEST_REPORTS=dir: each pytest run of `make test` also writes a JUnit XML report there.
+junit = $(if $(TEST_REPORTS),--junitxml=$(TEST_REPORTS)/$(1).xml)
+
 ## book: build the website into _build/html from the notebooks' stored outputs
 ## (--all: every page, so a changed _toc.yml reaches every page's navigation)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-## test: unit tests, nbval on every chapter (with durations), then the site test in headless Chromium
-test: $(STAMP)
+## test: workflow lint, unit tests, nbval on every chapter (with durations), then the site test in headless Chromium
+test: $(STAMP) $(LINT_STAMP)
 	@status=0; \
-	echo "== 1/3 unit tests of src/bnbook"; \
-	$(BIN)/python -m pytest tests --ignore=tests/site -q || status=1; \
-	echo "== 2/3 nbval (strict) on every chapter"; \
+	echo "== 1/4 lint: GitHub workflows and CITATION.cff"; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	echo "== 2/4 unit tests of src/bnbook"; \
+	$(BIN)/python -m pytest tests --ignore=tests/site -q $(call junit,unit) || status=1; \
+	echo "== 3/4 nbval (strict) on every chapter"; \
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q || status=1; \
-	echo "== 3/3 site: build, then every page in headless Chromium"; \
-	{ $(BIN)/jupyter-book build . --all -W -n --keep-going && $(BIN)/python -m pytest tests/site -v -p no:cacheprovider; } || status=1; \
+	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q $(call junit,nbval) || status=1; \
+	echo "== 4/4 site: build, then every page in headless Chromium"; \
+	{ $(BIN)/jupyter-book build . --all -W -n --keep-going && \
+	  $(BIN)/python -m pytest tests/site -v -p no:cacheprovider $(call junit,site); } || status=1; \
 	exit $$status
+
+## lint: the GitHub workflows (zizmor offline; JSON schema; every job has a timeout) and CITATION.cff (CFF schema)
+lint: $(LINT_STAMP)
+	$(BIN)/zizmor --offline --no-progress .github/workflows
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema custom.github-workflows-require-timeout .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.citation-file-format CITATION.cff
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/site -q
