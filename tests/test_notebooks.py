@@ -23,6 +23,13 @@ def test_executes_in_place_with_the_book_environment(tmp_path):
     assert [c.execution_count for c in nb.cells] == [1, 2]
 
 
+def test_the_file_keeps_its_mode(tmp_path):
+    path = _write(tmp_path / "mode.ipynb", "1 + 1")
+    path.chmod(0o644)
+    notebooks.execute_notebook(path)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failing_notebook_is_left_unchanged(tmp_path):
     path = _write(tmp_path / "bad.ipynb", "print('fine')", "raise RuntimeError('boom')")
     before = path.read_bytes()

@@ -88,9 +88,11 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
     noise = noisy_outputs(nb)
     if noise:
         raise ValueError(f"{path}: outputs contain log noise, not saved:\n" + "\n".join(noise))
+    mode = path.stat().st_mode & 0o777  # mkstemp makes 0600 files; keep the notebook's mode
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     return elapsed
 
