@@ -63,6 +63,42 @@ def test_reusing_the_traced_graph_gives_the_same_results_as_fresh_models():
     assert reused_models[("a", 0)] is not reused_models[("a", 1)]
 
 
+def _cnn(activation="relu", lr=0.05, prefix=""):
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(8, use_bias=False, name=prefix + "dense"),
+        keras.layers.BatchNormalization(momentum=0.9), keras.layers.Activation(activation),
+        keras.layers.Dense(2, activation="softmax", name=prefix + "head"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_variants_differing_only_in_learning_rate_and_names_share_one_graph(monkeypatch):
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traced = set()
+    make = TensorFlowTrainer.make_train_function
+
+    def counting(self, force=False):
+        traced.add(id(self))
+        return make(self, force)
+
+    monkeypatch.setattr(TensorFlowTrainer, "make_train_function", counting)
+    variants = {
+        "relu, lr 0.05": _cnn,
+        "relu, lr 0.001, other names": lambda: _cnn(lr=0.001, prefix="x_"),
+        "sigmoid, lr 0.05": lambda: _cnn("sigmoid"),  # same shapes, another graph
+    }
+    shared = run_experiments(variants, [0, 1], DATA, epochs=2, batch_size=16, progress=False)
+    assert len(traced) == 2  # relu (both learning rates) and sigmoid
+    monkeypatch.setattr(TensorFlowTrainer, "make_train_function", make)
+    fresh = run_experiments(variants, [0, 1], DATA, epochs=2, batch_size=16, progress=False, reuse_graphs=False)
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(shared[column], fresh[column], rtol=1e-6, atol=1e-7)
+    last = shared.groupby("variant")["loss"].last()
+    assert last["relu, lr 0.05"] != last["relu, lr 0.001, other names"]  # the learning rate did change
+
+
 def test_keep_models_returns_the_trained_models():
     results, models = run_experiments({"plain": _model}, [0, 1], DATA, epochs=1, batch_size=32, progress=False, keep_models=True)
     assert sorted(models) == [("plain", 0), ("plain", 1)]

@@ -7,6 +7,7 @@ epoch, and collect the history.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,42 @@ class _EpochTimer(keras.callbacks.Callback):
 def _same_variables(a: keras.Model, b: keras.Model) -> bool:
     """Whether two models have variables of the same shapes and dtypes, in the same order."""
     return [(tuple(v.shape), v.dtype) for v in a.variables] == [(tuple(v.shape), v.dtype) for v in b.variables]
+
+
+def _strip_names(config: Any) -> Any:
+    """A copy of a nested config without its ``name`` entries."""
+    if isinstance(config, dict):
+        return {key: _strip_names(value) for key, value in config.items() if key != "name"}
+    if isinstance(config, list):
+        return [_strip_names(value) for value in config]
+    return config
+
+
+def _graph_signature(model: keras.Model) -> str | None:
+    """What decides a compiled model's traced training graph, apart from names and a float learning rate.
+
+    Two models with the same signature run the same computation, so one traced graph can
+    train both once the variables (the learning rate is one of the optimizer's) are copied.
+    ``None`` when the model cannot describe itself (a subclassed model without
+    ``get_config``): such a model is never shared between variants.
+    """
+    try:
+        config = model.get_config()
+        compile_config = model.get_compile_config()
+    except Exception:  # noqa: BLE001 - any failure to describe the model means: do not share
+        return None
+    if not isinstance(compile_config, dict) or not isinstance(compile_config.get("optimizer"), dict):
+        return None
+    optimizer = json.loads(json.dumps(compile_config["optimizer"], default=str))
+    if isinstance(optimizer.get("config", {}).get("learning_rate"), float):
+        del optimizer["config"]["learning_rate"]  # a variable of the optimizer, copied like the others
+    compile_config = {**compile_config, "optimizer": optimizer}
+    cls = type(model)
+    return json.dumps(
+        [f"{cls.__module__}.{cls.__qualname__}", _strip_names(config), _strip_names(compile_config)],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _copy_variables(sources: Sequence[Any], targets: Sequence[Any]) -> None:
@@ -130,8 +167,11 @@ def run_experiments(
     short run itself. With ``reuse_graphs`` (the default) each variant's first model
     is kept, and for the next seeds every variable of it (weights, moving statistics,
     random-generator states) is set to the freshly built model's, and its optimizer
-    to its initial state, so the traced graph is reused. The results are the same
-    as training the fresh model (the unit tests check it).
+    variables to the fresh optimizer's, so the traced graph is reused. Variants whose
+    models differ only in layer names and a float learning rate (the same classes,
+    layer configurations, optimizer settings, loss and metrics) share one traced graph
+    too; the learning rate is an optimizer variable and is copied with the others.
+    The results are the same as training fresh models (the unit tests check it).
 
     Args:
         variants: ``{name: build_fn}``; each ``build_fn()`` returns a compiled model.
@@ -162,7 +202,8 @@ def run_experiments(
     show = (not _quiet_by_default()) if progress is None else progress
     (x_train, y_train), test = data
     runs, models = [], {}
-    traced: dict[str, tuple[keras.Model, list[np.ndarray]]] = {}
+    traced: dict[str, keras.Model] = {}  # the model whose graph each variant reuses
+    by_signature: dict[str, keras.Model] = {}  # the same, for variants with the same graph
     total = len(variants) * len(seeds)
     done = 0
     for name, build in variants.items():
@@ -172,14 +213,20 @@ def run_experiments(
             if not isinstance(fresh, keras.Model):
                 raise TypeError(f"variant {name!r} returned {type(fresh).__name__}, not a keras.Model")
             model = fresh
-            if reuse_graphs and name in traced and _same_variables(traced[name][0], fresh):
-                model, optimizer_start = traced[name]
-                _copy_variables(fresh.variables, model.variables)
-                for variable, value in zip(model.optimizer.variables, optimizer_start):
-                    variable.assign(value)
-            elif reuse_graphs:
+            if reuse_graphs:
                 fresh.optimizer.build(fresh.trainable_variables)
-                traced[name] = (fresh, [v.numpy() for v in fresh.optimizer.variables])
+                signature = _graph_signature(fresh)
+                candidate = traced.get(name)
+                if candidate is None and signature is not None:
+                    candidate = by_signature.get(signature)
+                if candidate is not None and _same_variables(candidate, fresh):
+                    model = candidate
+                    _copy_variables(fresh.variables, model.variables)
+                    _copy_variables(fresh.optimizer.variables, model.optimizer.variables)
+                else:
+                    traced[name] = fresh
+                    if signature is not None:
+                        by_signature.setdefault(signature, fresh)
             table = train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, validation_data=test)
             table.insert(0, "seed", seed)
             table.insert(0, "variant", name)
