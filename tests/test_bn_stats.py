@@ -1,0 +1,165 @@
+"""bnbook.bn_stats: BN input variances and re-estimated statistics, checked against NumPy."""
+
+import keras
+import numpy as np
+import pytest
+
+from bnbook.bn_stats import bn_input_variances, reestimate_bn_statistics
+from bnbook.layers import BatchNorm
+from bnbook.reproducibility import set_up
+
+L = keras.layers
+
+
+def _randomise(model, rng):
+    """Non-trivial weights, biases and BN parameters/statistics, as after training."""
+    for layer in model.layers:
+        for variable in layer.weights:
+            if "seed_generator" in variable.path:
+                continue
+            shape = tuple(variable.shape)
+            if "variance" in variable.path:
+                variable.assign(rng.uniform(0.5, 2.0, size=shape).astype("float32"))
+            else:
+                variable.assign(rng.normal(0.3, 1.0, size=shape).astype("float32"))
+
+
+def _bn_numpy(z, layer, mean, var):
+    gamma, beta = layer.gamma.numpy(), layer.beta.numpy()
+    return (z - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
+
+
+def _mlp(bn_class=L.BatchNormalization, dropout=0.0):
+    set_up(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(5, name="dense1"),
+            bn_class(name="bn1"),
+            L.Activation("relu"),
+            L.Dropout(dropout),
+            L.Dense(4, name="dense2"),
+            bn_class(name="bn2"),
+        ]
+    )
+    _randomise(model, np.random.default_rng(1))
+    return model
+
+
+def _numpy_forward(model, x, training_batches=None):
+    """The inputs of bn1 and bn2, inference mode, computed with NumPy."""
+    d1, bn1, d2 = (model.get_layer(n) for n in ("dense1", "bn1", "dense2"))
+    z1 = x @ d1.kernel.numpy() + d1.bias.numpy()
+    if training_batches is None:
+        h = _bn_numpy(z1, bn1, bn1.moving_mean.numpy(), bn1.moving_variance.numpy())
+    else:
+        h = np.concatenate([_bn_numpy(b, bn1, b.mean(0), b.var(0)) for b in np.split(z1, training_batches)])
+    z2 = np.maximum(h, 0) @ d2.kernel.numpy() + d2.bias.numpy()
+    return z1, z2
+
+
+X = np.random.default_rng(2).normal(1.0, 2.0, size=(300, 6)).astype("float32")
+
+
+@pytest.mark.parametrize("bn_class", [L.BatchNormalization, BatchNorm])
+def test_reestimate_matches_numpy_layer_by_layer(bn_class):
+    model = _mlp(bn_class, dropout=0.5)
+    new = reestimate_bn_statistics(model, X, batch_size=64)  # 64 does not divide 300
+    assert list(new) == ["bn1", "bn2"]
+    # bn1's input does not depend on any BN; bn2's uses bn1's *new* statistics.
+    z1 = X @ model.get_layer("dense1").kernel.numpy() + model.get_layer("dense1").bias.numpy()
+    np.testing.assert_allclose(model.get_layer("bn1").moving_mean.numpy(), z1.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn1").moving_variance.numpy(), z1.var(0), rtol=1e-4)
+    _, z2 = _numpy_forward(model, X)
+    np.testing.assert_allclose(model.get_layer("bn2").moving_mean.numpy(), z2.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.get_layer("bn2").moving_variance.numpy(), z2.var(0), rtol=1e-4)
+    np.testing.assert_array_equal(new["bn2"][1], model.get_layer("bn2").moving_variance.numpy())
+    # Weights untouched: re-estimating twice gives the same statistics.
+    again = reestimate_bn_statistics(model, X, batch_size=300)
+    np.testing.assert_allclose(again["bn2"][1], new["bn2"][1], rtol=1e-5)
+
+
+def test_reestimate_conv_channels():
+    set_up(0)
+    model = keras.Sequential([keras.Input((5, 5, 2)), L.Conv2D(3, 3, name="conv"), L.BatchNormalization(name="bn")])
+    _randomise(model, np.random.default_rng(3))
+    x = np.random.default_rng(4).normal(size=(40, 5, 5, 2)).astype("float32")
+    reestimate_bn_statistics(model, x, batch_size=7)
+    z = keras.Model(model.inputs[0], model.get_layer("conv").output)(x).numpy()  # (40, 3, 3, 3)
+    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(), z.mean(axis=(0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn").moving_variance.numpy(), z.var(axis=(0, 1, 2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bn_class", [L.BatchNormalization, BatchNorm])
+def test_variances_without_dropout_match_numpy(bn_class):
+    model = _mlp(bn_class, dropout=0.0)
+    table = bn_input_variances(model, X, batch_size=100)
+    assert list(table.columns) == ["layer", "channel", "train_variance", "inference_variance", "moving_variance"]
+    assert table["layer"].tolist() == ["bn1"] * 5 + ["bn2"] * 4
+    z1, z2 = _numpy_forward(model, X)
+    t1, t2 = _numpy_forward(model, X, training_batches=3)  # 3 batches of 100
+    bn1, bn2 = table[table["layer"] == "bn1"], table[table["layer"] == "bn2"]
+    np.testing.assert_allclose(bn1["inference_variance"], z1.var(0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["inference_variance"], z2.var(0), rtol=1e-4)
+    np.testing.assert_allclose(bn1["train_variance"], np.mean([b.var(0) for b in np.split(t1, 3)], 0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["train_variance"], np.mean([b.var(0) for b in np.split(t2, 3)], 0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["moving_variance"], model.get_layer("bn2").moving_variance.numpy())
+
+
+def test_variances_leave_the_model_unchanged_and_drop_a_partial_batch():
+    model = _mlp(dropout=0.5)
+    before = [v.numpy().copy() for v in model.variables]
+    first = bn_input_variances(model, X, batch_size=128)  # 2 full batches, 44 left out
+    second = bn_input_variances(model, X[:256], batch_size=128)
+    for old, variable in zip(before, model.variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+    np.testing.assert_allclose(first["train_variance"], second["train_variance"], rtol=1e-6)
+
+
+def test_dropout_variance_shift_follows_the_formula():
+    # Dropout(rate) -> BN on a unit with mean c and variance v: in training BN sees
+    # (1/p)(c^2 + v) - c^2, at inference v (Li et al. 2019).
+    set_up(0)
+    c, v, rate = 1.5, 0.5, 0.4
+    p = 1 - rate
+    model = keras.Sequential([keras.Input((8,)), L.Dropout(rate), L.BatchNormalization(name="bn")])
+    x = (c + np.sqrt(v) * np.random.default_rng(5).normal(size=(40_000, 8))).astype("float32")
+    table = bn_input_variances(model, x, batch_size=1000)
+    expected_train = ((c**2 + v) / p - c**2) * (1000 - 1) / 1000  # biased batch variance
+    np.testing.assert_allclose(table["inference_variance"], x.var(0), rtol=1e-4)
+    assert abs(table["train_variance"].mean() / expected_train - 1) < 0.01
+    np.testing.assert_allclose(table["moving_variance"], 1.0)  # untouched
+
+
+def test_bad_inputs():
+    model = _mlp()
+    with pytest.raises(TypeError, match="keras.Model"):
+        bn_input_variances("model", X)
+    with pytest.raises(TypeError, match="NumPy array"):
+        reestimate_bn_statistics(model, X.tolist())
+    with pytest.raises(TypeError, match="batch_size"):
+        reestimate_bn_statistics(model, X, batch_size=2.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        bn_input_variances(model, X, batch_size=0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        bn_input_variances(model, X[:10], batch_size=64)
+    with pytest.raises(ValueError, match="at least 2"):
+        reestimate_bn_statistics(model, X[:1])
+    no_bn = keras.Sequential([keras.Input((6,)), L.Dense(2)])
+    with pytest.raises(ValueError, match="no BN layer"):
+        reestimate_bn_statistics(no_bn, X)
+    outer = keras.Sequential([keras.Input((6,)), model, L.Dense(2)])
+    with pytest.raises(ValueError, match="nested"):
+        bn_input_variances(outer, X)
+    shared = L.BatchNormalization(name="shared")
+    inputs = keras.Input((6,))
+    twice = keras.Model(inputs, shared(shared(inputs)))
+    with pytest.raises(ValueError, match="exactly once"):
+        reestimate_bn_statistics(twice, X)
+
+
+def test_after_reestimation_moving_variance_is_the_inference_variance():
+    model = _mlp(dropout=0.5)
+    reestimate_bn_statistics(model, X, batch_size=50)
+    table = bn_input_variances(model, X, batch_size=100)
+    np.testing.assert_allclose(table["moving_variance"], table["inference_variance"], rtol=1e-4)
