@@ -1,0 +1,77 @@
+"""Tests of bnbook.landscape against closed forms for a linear model with squared loss."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnbook.landscape import profile_along_gradient, summarize_profile
+from bnbook.reproducibility import set_up
+
+L = keras.layers
+
+
+def _mse(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(y_pred[:, 0] - y_true))
+
+
+def _linear():
+    set_up(0)
+    model = keras.Sequential([keras.Input((3,)), L.Dense(1, use_bias=False, name="w")])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = rng.normal(size=16).astype("float32")
+    return model, x, y
+
+
+def test_quadratic_loss_matches_closed_form():
+    model, x, y = _linear()
+    w = model.get_layer("w").kernel.numpy()[:, 0].astype("float64")
+    xd, yd = x.astype("float64"), y.astype("float64")
+    n = len(x)
+    hessian = 2.0 / n * xd.T @ xd
+    g = 2.0 / n * xd.T @ (xd @ w - yd)
+    etas = [0.0, 0.1, 0.2]
+    profile = profile_along_gradient(model, x, y, etas, loss=_mse)
+    for eta, row in zip(etas, profile.itertuples()):
+        moved = w - eta * g
+        assert row.loss == pytest.approx(np.mean((xd @ moved - yd) ** 2), rel=1e-5)
+        # grad(w - eta g) - g = -eta H g for a quadratic.
+        assert row.grad_change == pytest.approx(eta * np.linalg.norm(hessian @ g), rel=1e-4, abs=1e-6)
+        assert row.distance == pytest.approx(eta * np.linalg.norm(g), rel=1e-5)
+    summary = summarize_profile(profile)
+    assert summary["beta"] == pytest.approx(np.linalg.norm(hessian @ g) / np.linalg.norm(g), rel=1e-4)
+    losses = profile["loss"]
+    assert summary["loss_range"] == pytest.approx(losses.max() - losses.min())
+
+
+def test_model_is_not_changed_bn_included():
+    set_up(0)
+    model = keras.Sequential(
+        [keras.Input((3,)), L.Dense(4, use_bias=False), L.BatchNormalization(), L.Dense(2, activation="softmax")]
+    )
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = np.array([0, 1] * 4)
+    before = [v.numpy().copy() for v in model.variables]
+    profile = profile_along_gradient(model, x, y, [0.0, 0.5])
+    assert len(profile) == 2 and profile["grad_change"].iloc[0] == pytest.approx(0.0)
+    for a, b in zip(before, model.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_bad_arguments():
+    model, x, y = _linear()
+    with pytest.raises(ValueError, match="empty"):
+        profile_along_gradient(model, x, y, [], loss=_mse)
+    with pytest.raises(ValueError, match=">= 0"):
+        profile_along_gradient(model, x, y, [-0.1], loss=_mse)
+    with pytest.raises(TypeError, match="keras.Model"):
+        profile_along_gradient("model", x, y, [0.1])
+    with pytest.raises(TypeError, match="training"):
+        profile_along_gradient(model, x, y, [0.1], training=1)
+    with pytest.raises(ValueError, match="same length"):
+        profile_along_gradient(model, x, y[:-1], [0.1], loss=_mse)
+    with pytest.raises(ValueError, match="'distance'"):
+        summarize_profile(pd.DataFrame({"loss": [1.0], "grad_change": [0.0]}))
