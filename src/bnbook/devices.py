@@ -1,0 +1,54 @@
+"""Split the CPU into several logical devices, to run ``tf.distribute`` strategies on one machine.
+
+TensorFlow fixes its device list when its runtime starts: the first tensor, the first
+``tf.config.list_logical_devices()`` or the first model starts it, and from then on
+the split can no longer change. So :func:`split_cpu` must run in a fresh process (a
+fresh notebook kernel) before anything else touches TensorFlow. Importing
+``tensorflow``/``keras``, ``keras.utils.set_random_seed`` and
+``tf.config.experimental.enable_op_determinism`` do not start the runtime; they may
+come first.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from bnbook._checks import check_int
+
+__all__ = ["split_cpu"]
+
+
+def split_cpu(n_devices: int) -> list[str]:
+    """Split the machine's CPU into ``n_devices`` logical CPU devices; return their names.
+
+    The logical devices share the same cores and memory: they let
+    ``tf.distribute.MirroredStrategy`` run several replicas on one CPU, which is
+    enough to study what distribution does to the computation (not its speed).
+    Calling it again with the same number after the runtime started is harmless.
+
+    Args:
+        n_devices: Number of logical CPU devices, >= 1.
+
+    Returns:
+        The logical device names, e.g. ``["/device:CPU:0", "/device:CPU:1"]``.
+
+    Raises:
+        TypeError: ``n_devices`` is not an int.
+        ValueError: ``n_devices`` < 1.
+        RuntimeError: TensorFlow's runtime already started with another split; the
+            message says to restart the process and call this first.
+    """
+    n_devices = check_int(n_devices, "n_devices", minimum=1)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    config = [tf.config.LogicalDeviceConfiguration() for _ in range(n_devices)]
+    try:
+        tf.config.set_logical_device_configuration(cpu, config)
+    except RuntimeError as err:
+        current = len(tf.config.list_logical_devices("CPU"))
+        raise RuntimeError(
+            f"cannot split the CPU into {n_devices} logical devices: TensorFlow's runtime already "
+            f"started with {current} CPU device(s) (a tensor, a model or a device listing was "
+            f"created first). Restart the kernel/process and call split_cpu({n_devices}) before "
+            f"anything else uses TensorFlow."
+        ) from err
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
