@@ -115,9 +115,13 @@ class BNRecorder(keras.callbacks.Callback):
             ``epoch`` (the 1-based epoch the step belongs to; 0 before training),
             ``layer``, ``variable``, ``feature`` (index) and ``value``.
 
+    Steps are counted with ``on_train_batch_end``, so with ``steps_per_execution``
+    > 1 one counted step is one execution (several optimizer steps).
+
     Raises:
-        TypeError: ``layers`` holds something other than BatchNormalization layers.
-        ValueError: ``every`` < 1, or ``inputs`` is empty.
+        TypeError: ``layers`` holds something other than BatchNormalization layers,
+            or ``every`` is not an int.
+        ValueError: ``layers`` is empty, ``every`` < 1, or ``inputs`` is empty.
     """
 
     def __init__(
