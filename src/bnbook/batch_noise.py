@@ -16,7 +16,7 @@ import pandas as pd
 
 from bnbook._checks import check_int
 from bnbook.reproducibility import set_up
-from bnbook.training import train
+from bnbook.training import _copy_variables, train
 
 __all__ = ["batch_statistics_spread", "sweep_batch_sizes"]
 
@@ -187,10 +187,8 @@ def sweep_batch_sizes(
                     kept.optimizer.build(kept.trainable_variables)
                     optimizer_start = [v.numpy() for v in kept.optimizer.variables]
                 else:
-                    for source, target in zip(fresh.variables, kept.variables):
-                        target.assign(source)
-                    for variable, value in zip(kept.optimizer.variables, optimizer_start):
-                        variable.assign(value)
+                    _copy_variables(fresh.variables, kept.variables)
+                    _copy_variables(optimizer_start, kept.optimizer.variables)
                 kept.optimizer.learning_rate = rates[size]
                 table = train(kept, x_train, y_train, epochs=epochs, batch_size=size)
                 scores = kept.evaluate(x_test, y_test, batch_size=eval_batch_size, verbose=0, return_dict=True)
@@ -204,8 +202,7 @@ def sweep_batch_sizes(
                 runs.append(table)
                 if keep_models:
                     keeper = build()  # an untraced copy; `kept` is trained again next
-                    for source, target in zip(kept.variables, keeper.variables):
-                        target.assign(source)
+                    _copy_variables(kept.variables, keeper.variables)
                     models[(name, size, seed)] = keeper
     results = pd.concat(runs, ignore_index=True)
     return (results, models) if keep_models else results
