@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: book test lint unit nbval site execute clean
+.PHONY: book test lint unit nbval site execute robustness clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ unit: $(STAMP)
 ## execute: re-execute every notebook in place (authors; then `make test`)
 execute: $(STAMP)
 	$(BIN)/python -m bnbook.notebooks $(NOTEBOOKS)
+
+## robustness: execute every chapter under 4 configurations (default, ONEDNN_MAX_CPU_ISA=AVX2,
+## TF_ENABLE_ONEDNN_OPTS=0, BNBOOK_SEED_OFFSET=100); every cell must run. ROBUSTNESS_JOBS=n runs n at a time.
+ROBUSTNESS_JOBS ?= 1
+robustness: $(STAMP)
+	$(BIN)/python tools/robustness.py $(NOTEBOOKS) --jobs $(ROBUSTNESS_JOBS) --report _build/robustness.md
 
 clean:
 	rm -rf _build .pytest_cache

@@ -55,3 +55,44 @@ def test_bad_paths(tmp_path):
         notebooks.execute_notebook(tmp_path / "chapter.md")
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
         notebooks.execute_notebook(tmp_path / "missing.ipynb")
+
+
+_ONEDNN = (
+    "I0000 00:00:1795946632.504077    2654 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. "
+    "To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.\n"
+)
+_ABSL = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+
+
+def test_tensorflow_startup_notices_are_dropped_and_nothing_else():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x"), nbformat.v4.new_code_cell("y")])
+    nb.cells[0].outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=_ABSL + _ONEDNN),
+        nbformat.v4.new_output("stream", name="stdout", text="data set 'mnist5k'\n"),
+    ]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stderr", text=_ONEDNN + "UserWarning: real\n")]
+    assert notebooks.noisy_outputs(nb)  # the oneDNN notice counts as noise until dropped
+    assert notebooks.drop_startup_notices(nb) == 3
+    assert [o["name"] for o in nb.cells[0].outputs] == ["stdout"]
+    assert nb.cells[1].outputs[0]["text"] == "UserWarning: real\n"  # a real warning stays
+    assert notebooks.noisy_outputs(nb) == []
+    # The same notice on stdout, or quoted inside a line, is not a start-up notice: kept.
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=_ONEDNN)]
+    assert notebooks.drop_startup_notices(nb) == 0 and notebooks.noisy_outputs(nb)
+
+
+def test_a_notebook_that_prints_the_notice_to_stderr_is_saved_clean(tmp_path):
+    text = _ABSL + _ONEDNN
+    path = _write(tmp_path / "notice.ipynb", f"import sys\nsys.stderr.write({text!r})\nprint('ok')")
+    notebooks.execute_notebook(path)
+    nb = nbformat.read(path, as_version=4)
+    assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [("stdout", "ok\n")]
+
+
+def test_other_stderr_noise_is_still_refused(tmp_path):
+    path = _write(tmp_path / "noise.ipynb", "import sys\nsys.stderr.write('E0000 cpu_feature_guard.cc:1] oneDNN custom operations are off\\n')")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="log noise"):
+        notebooks.execute_notebook(path)
+    assert path.read_bytes() == before

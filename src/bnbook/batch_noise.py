@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bnbook._checks import check_int
-from bnbook.reproducibility import set_up
+from bnbook.reproducibility import set_up, shifted
 from bnbook.training import _copy_variables, train
 
 __all__ = ["batch_statistics_spread", "sweep_batch_sizes"]
@@ -49,7 +49,7 @@ def batch_statistics_spread(
             vary (non-zero variance).
         batch_sizes: Batch sizes to measure, each in ``[1, N]``.
         n_batches: Random batches per batch size, >= 1.
-        seed: Seed of the batch draws.
+        seed: Seed of the batch draws (``BNBOOK_SEED_OFFSET`` is added).
 
     Returns:
         One row per batch size (index ``batch_size``), columns ``mean_error`` and
@@ -82,7 +82,7 @@ def batch_statistics_spread(
     if np.any(variance <= 0):
         raise ValueError(f"channels {np.flatnonzero(variance <= 0).tolist()} have zero variance: nothing to normalise")
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(shifted(seed))  # honours BNBOOK_SEED_OFFSET
     rows = []
     for size in sizes:
         # Each row of `picks`: one batch, `size` distinct examples.

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bnbook._checks import check_int
+from bnbook.reproducibility import shifted
 
 __all__ = ["DATASETS", "ENV_VAR", "dataset_name", "load"]
 
@@ -152,7 +153,7 @@ def load(
             training set. For the full sets the training set is the official 60,000
             images and the test set a stratified sample of ``n_test`` of the official
             10,000 test images (``n_test=10000`` takes them all).
-        seed: Seed of the shuffle and of the stratified split.
+        seed: Seed of the shuffle and of the stratified split (``BNBOOK_SEED_OFFSET`` is added).
         flatten: Return images as ``(N, 784)`` rows instead of ``(N, 28, 28, 1)``.
         cache_dir: Where the full sets are cached; default ``$KERAS_HOME/datasets``
             or ``~/.keras/datasets``, the directory ``keras.datasets`` uses.
@@ -170,7 +171,7 @@ def load(
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
     n_test = check_int(n_test, "n_test")
-    seed = check_int(seed, "seed", minimum=0)
+    seed = shifted(check_int(seed, "seed", minimum=0))  # honours BNBOOK_SEED_OFFSET
     if not isinstance(flatten, bool):
         raise TypeError(f"flatten must be a bool, got {flatten!r}")
 

@@ -14,13 +14,13 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-__all__ = ["EXECUTION_ENV", "execute_notebook", "main", "noisy_outputs"]
+__all__ = ["EXECUTION_ENV", "drop_startup_notices", "execute_notebook", "main", "noisy_outputs", "run_notebook"]
 
 #: Environment of the kernel, the same under ``make execute`` and ``make test`` (nbval).
 EXECUTION_ENV: dict[str, str] = {
@@ -33,6 +33,44 @@ EXECUTION_ENV: dict[str, str] = {
 # What must never reach a stored output: TF/absl log lines, Keras progress bars, memory addresses.
 # (Keras 3's bar is "63/63 ━━━━ 1s 3ms/step"; model.summary() uses the same box characters, legitimately.)
 _NOISE = re.compile(r"absl::InitializeLog|cpu_feature_guard|oneDNN custom operations|\d+/\d+ (\[=+|━+)|0x[0-9a-f]{8,}")
+
+
+# TensorFlow's C++ start-up notices, written to stderr at import before absl logging is
+# initialised, whatever TF_CPP_MIN_LOG_LEVEL says (which ones depends on the CPU: the
+# oneDNN notice appears where oneDNN is used, e.g. on AVX-512). Only these exact lines
+# are dropped; any other stderr text stays and is refused by `noisy_outputs`.
+_STARTUP_NOTICE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:. ]+\d+ (port|cpu_feature_guard)\.cc:\d+\] "
+    r"(oneDNN custom operations are on\.|This TensorFlow binary is optimized to use available CPU instructions).*)$"
+)
+
+
+def drop_startup_notices(nb: nbformat.NotebookNode) -> int:
+    """Remove TensorFlow's import-time stderr notices from the stored outputs, in place.
+
+    Only stderr stream outputs are touched, and in them only lines that are exactly one
+    of TensorFlow's start-up notices (the absl "before InitializeLog" line, the oneDNN
+    notice, the CPU-instructions notice); an output left empty is removed.
+
+    Returns:
+        The number of lines removed.
+    """
+    removed = 0
+    for cell in nb.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines = output.get("text", "").splitlines(keepends=True)
+                rest = [line for line in lines if not _STARTUP_NOTICE.match(line.rstrip("\n"))]
+                removed += len(lines) - len(rest)
+                if not rest:
+                    continue
+                output["text"] = "".join(rest)
+            kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
 
 
 def noisy_outputs(nb: nbformat.NotebookNode) -> list[str]:
@@ -53,21 +91,25 @@ def noisy_outputs(nb: nbformat.NotebookNode) -> list[str]:
     return found
 
 
-def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
-    """Execute one notebook in place in a fresh kernel; return its run time in seconds.
+def run_notebook(
+    path: str | os.PathLike, *, timeout: int = 900, env: Mapping[str, str] | None = None
+) -> tuple[nbformat.NotebookNode, float]:
+    """Execute a notebook in a fresh kernel without saving it; return it and its run time.
 
-    The kernel runs in the notebook's folder with :data:`EXECUTION_ENV` added to the
-    environment. The file is replaced atomically, and only when every cell ran and
-    no output contains log noise.
+    The kernel runs in the notebook's folder with this process's environment,
+    :data:`EXECUTION_ENV` and then ``env`` on top (``make robustness`` passes, e.g.,
+    ``{"ONEDNN_MAX_CPU_ISA": "AVX2"}``).
 
     Args:
         path: The ``.ipynb`` file.
         timeout: Limit per cell, in seconds.
+        env: Extra environment variables for the kernel.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not an ``.ipynb`` file, or an output contains log noise.
-        nbclient.exceptions.CellExecutionError: A cell raised; the file is left unchanged.
+        ValueError: ``path`` is not an ``.ipynb`` file.
+        nbclient.exceptions.CellExecutionError: A cell raised (the notebook object
+            holds the outputs up to and including the failing cell).
     """
     path = Path(path)
     if path.suffix != ".ipynb":
@@ -83,8 +125,29 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
         record_timing=False,
     )
     start = time.perf_counter()
-    client.execute(env={**os.environ, **EXECUTION_ENV})
-    elapsed = time.perf_counter() - start
+    client.execute(env={**os.environ, **EXECUTION_ENV, **(env or {})})
+    return nb, time.perf_counter() - start
+
+
+def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
+    """Execute one notebook in place in a fresh kernel; return its run time in seconds.
+
+    Runs it with :func:`run_notebook`. TensorFlow's import-time stderr notices are
+    dropped (:func:`drop_startup_notices`). The file is replaced atomically, and only
+    when every cell ran and no other output contains log noise.
+
+    Args:
+        path: The ``.ipynb`` file.
+        timeout: Limit per cell, in seconds.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not an ``.ipynb`` file, or an output contains log noise.
+        nbclient.exceptions.CellExecutionError: A cell raised; the file is left unchanged.
+    """
+    path = Path(path)
+    nb, elapsed = run_notebook(path, timeout=timeout)
+    drop_startup_notices(nb)
     noise = noisy_outputs(nb)
     if noise:
         raise ValueError(f"{path}: outputs contain log noise, not saved:\n" + "\n".join(noise))

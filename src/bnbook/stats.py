@@ -1,0 +1,231 @@
+"""Paired comparisons of trained variants over seeds: differences, intervals, verdicts, one figure.
+
+The book's comparison protocol (CONTRIBUTING.md, "Comparing trained variants"): two
+variants trained with the same seed share initial kernels and data order, so they
+are compared seed by seed. A verdict needs at least :data:`MIN_SEEDS_FOR_VERDICT`
+seeds; "no difference" is only ever claimed as equivalence within a margin stated in
+advance (both ends of the interval inside it), never because an interval contains 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+__all__ = [
+    "MIN_SEEDS_FOR_VERDICT",
+    "PairedComparison",
+    "compare_paired",
+    "paired_differences",
+    "plot_paired_differences",
+]
+
+#: Fewer seeds than this: the comparison is exploratory, whatever its interval says.
+MIN_SEEDS_FOR_VERDICT = 10
+
+
+def _require(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table; present: {', '.join(map(str, table.columns))}")
+
+
+def paired_differences(
+    results: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str = "val_accuracy",
+    *,
+    by: str = "variant",
+) -> pd.Series:
+    """Return ``metric`` of ``a`` minus that of ``b``, seed by seed, at each run's last epoch.
+
+    Args:
+        results: A tidy table with columns ``by``, ``seed`` and ``metric`` (and ``epoch``
+            when it holds several epochs per run, as from ``run_experiments``).
+        a, b: The two groups of column ``by`` to compare.
+        metric: The column compared.
+        by: The column naming the groups.
+
+    Returns:
+        A Series indexed by seed (sorted), named ``"<a> - <b>"``.
+
+    Raises:
+        TypeError: ``results`` is not a DataFrame.
+        ValueError: A column is missing, ``a`` or ``b`` is not a group (the message lists
+            the groups), ``a == b``, or the two groups were not run with the same seeds.
+    """
+    _require(results, (by, "seed", metric))
+    groups = list(dict.fromkeys(results[by]))
+    for name in (a, b):
+        if name not in groups:
+            raise ValueError(f"{name!r} is not a value of column {by!r}; present: {', '.join(map(str, groups))}")
+    if a == b:
+        raise ValueError(f"a and b must differ, got {a!r} twice")
+    rows = results[results[by].isin([a, b])]
+    if "epoch" in rows.columns:
+        rows = rows[rows["epoch"] == rows.groupby([by, "seed"])["epoch"].transform("max")]
+    if rows.duplicated([by, "seed"]).any():
+        raise ValueError(f"several rows per ({by}, seed) at the last epoch: pass one row per run")
+    table = rows.pivot(index="seed", columns=by, values=metric)
+    unpaired = table.index[table[[a, b]].isna().any(axis=1)].tolist()
+    if unpaired:
+        raise ValueError(f"seeds {unpaired} were not run for both {a!r} and {b!r}: a paired comparison needs the same seeds")
+    diff = (table[a] - table[b]).sort_index().astype(float)
+    diff.name = f"{a} - {b}"
+    return diff
+
+
+class PairedComparison(dict):
+    """The summary of one paired comparison (a ``dict`` with attribute access).
+
+    Keys: ``n`` (seeds), ``mean``, ``std`` (of the per-seed differences), ``low``/``high``
+    (the two-sided confidence interval of the mean, Student's t), ``p`` (two-sided paired
+    t-test), ``wins``/``losses``/``ties`` (seeds where the difference is > 0, < 0, == 0),
+    ``margin`` (the equivalence margin, or None) and ``verdict``, one of
+    ``"exploratory"`` (fewer than :data:`MIN_SEEDS_FOR_VERDICT` seeds), ``"a better"``,
+    ``"b better"`` (the interval excludes 0), ``"equivalent"`` (the interval lies inside
+    ``(-margin, margin)``) or ``"inconclusive"``.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def compare_paired(
+    differences: pd.Series | np.ndarray,
+    *,
+    margin: float | None = None,
+    confidence: float = 0.95,
+) -> PairedComparison:
+    """Summarise per-seed paired differences: mean, confidence interval, p-value, verdict.
+
+    Args:
+        differences: One difference per seed (e.g. from :func:`paired_differences`).
+        margin: The equivalence margin, stated in advance with its reason, in the units
+            of ``differences``; ``None``: no equivalence verdict is possible.
+        confidence: Level of the interval, in (0, 1).
+
+    Returns:
+        A :class:`PairedComparison`.
+
+    Raises:
+        TypeError: ``differences`` is not numeric, or ``margin``/``confidence`` not a number.
+        ValueError: Fewer than 2 differences, a non-finite one, ``margin <= 0`` or
+            ``confidence`` outside (0, 1).
+    """
+    from scipy import stats  # noqa: PLC0415  (scipy comes with scikit-learn)
+
+    try:
+        values = np.asarray(differences, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise TypeError(f"differences must be numbers, got {differences!r}") from None
+    if values.size < 2:
+        raise ValueError(f"need at least 2 paired differences for an interval, got {values.size}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"differences must be finite, got {values.tolist()}")
+    for name, value in (("margin", margin), ("confidence", confidence)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if margin is not None and margin <= 0:
+        raise ValueError(f"margin must be > 0 (or None), got {margin}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = values.size
+    mean, std = float(values.mean()), float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
+    low, high = mean - half, mean + half
+    p = 1.0 if std == 0 and mean == 0 else (0.0 if std == 0 else float(stats.ttest_1samp(values, 0.0).pvalue))
+    if n < MIN_SEEDS_FOR_VERDICT:
+        verdict = "exploratory"
+    elif low > 0:
+        verdict = "a better"
+    elif high < 0:
+        verdict = "b better"
+    elif margin is not None and -margin < low and high < margin:
+        verdict = "equivalent"
+    else:
+        verdict = "inconclusive"
+    return PairedComparison(
+        n=n,
+        mean=mean,
+        std=std,
+        low=low,
+        high=high,
+        p=p,
+        wins=int(np.sum(values > 0)),
+        losses=int(np.sum(values < 0)),
+        ties=int(np.sum(values == 0)),
+        margin=None if margin is None else float(margin),
+        confidence=float(confidence),
+        verdict=verdict,
+    )
+
+
+def plot_paired_differences(
+    differences: Mapping[str, pd.Series | np.ndarray],
+    *,
+    margin: float | None = None,
+    scale: float = 100.0,
+    unit: str = "percentage points",
+    ax: Axes | None = None,
+    confidence: float = 0.95,
+) -> Axes:
+    """Plot per-seed paired differences, one row per comparison: dots, mean and interval.
+
+    Each row shows every seed's difference as a dot, the mean as a diamond and its
+    confidence interval as a bar; a line marks 0 and a shaded band ``±margin``.
+
+    Args:
+        differences: ``{label: per-seed differences}``, e.g. ``{"after - before": diff}``.
+        margin: The equivalence margin (in the units of ``differences``), or ``None``.
+        scale: Factor applied to every value for display (100: fractions as points).
+        unit: Axis label's unit.
+        ax: Axes to draw into (a new figure if ``None``).
+        confidence: Level of the interval.
+
+    Returns:
+        The axes.
+
+    Raises:
+        TypeError, ValueError: As :func:`compare_paired`; ``differences`` empty or not a mapping.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if not isinstance(differences, Mapping) or not differences:
+        raise ValueError("differences must be a non-empty mapping {label: per-seed differences}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 0.9 + 0.6 * len(differences)))
+    if margin is not None:
+        ax.axvspan(-margin * scale, margin * scale, color="0.9", zorder=0, label=f"±{margin * scale:g} margin")
+    ax.axvline(0, color="0.4", linewidth=1, zorder=1)
+    labels = list(differences)
+    for row, label in enumerate(labels):
+        values = np.asarray(differences[label], dtype=float).ravel()
+        summary = compare_paired(values, margin=margin, confidence=confidence)
+        jitter = np.linspace(-0.15, 0.15, values.size) if values.size > 1 else np.zeros(1)
+        ax.scatter(values * scale, row + jitter, s=14, color="#0072B2", alpha=0.7, zorder=2)
+        ax.errorbar(
+            summary.mean * scale,
+            row,
+            xerr=[[(summary.mean - summary.low) * scale], [(summary.high - summary.mean) * scale]],
+            fmt="D",
+            color="#D55E00",
+            capsize=4,
+            zorder=3,
+        )
+    ax.set_yticks(range(len(labels)), [f"{label}\n(n={len(np.ravel(differences[label]))})" for label in labels])
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel(f"paired difference per seed ({unit}); diamond: mean, bar: {confidence:.0%} interval")
+    ax.grid(axis="y", visible=False)
+    if margin is not None:
+        ax.legend(loc="best", fontsize=8)
+    return ax

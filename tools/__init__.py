@@ -1,0 +1,1 @@
+"""Build and test tooling of the book (not imported by the chapters)."""
