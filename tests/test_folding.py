@@ -7,16 +7,17 @@ import keras
 import numpy as np
 import pytest
 
-from bnbook.folding import FoldingWarning, fold_batchnorm, folded_weights, plan_folding
+from bnbook.folding import BN_TYPES, FoldDecision, FoldingWarning, fold_batchnorm, folded_weights, plan_folding
+from bnbook.layers import BatchNorm
 from bnbook.reproducibility import set_up
 
 L = keras.layers
 
 
-def _randomise_bn(model, rng):
-    """Give every BN layer non-trivial statistics and parameters, as after training."""
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
+def randomise_bn(model, rng):
+    """Give every BN layer (nested ones too) non-trivial statistics and parameters, as after training."""
+    for layer in model._flatten_layers():
+        if isinstance(layer, BN_TYPES):
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
             layer.moving_variance.assign(rng.uniform(0.2, 3.0, size=n).astype("float32"))
@@ -28,13 +29,18 @@ def _randomise_bn(model, rng):
             layer.bias.assign(rng.normal(size=layer.bias.shape[0]).astype("float32"))
 
 
+def count_bn(model):
+    """BN layers of a model, nested ones included."""
+    return sum(isinstance(layer, BN_TYPES) for layer in model._flatten_layers())
+
+
 def _check_same_predictions(model, x, expected_bn_left):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FoldingWarning)
         folded = fold_batchnorm(model)
-    left = sum(isinstance(layer, L.BatchNormalization) for layer in folded.layers)
-    assert left == expected_bn_left
-    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+    assert count_bn(folded) == expected_bn_left
+    assert len([d for d in plan_folding(model) if not d.folded]) == expected_bn_left
+    np.testing.assert_allclose(folded(x, training=False), model(x, training=False), atol=1e-4)
     return folded
 
 
@@ -59,7 +65,7 @@ def test_conv_and_dense_stacks_fold_exactly(use_bias, center, scale, data_format
         L.Activation("relu"),
         L.Dense(3, activation="softmax"),
     ])
-    _randomise_bn(model, rng)
+    randomise_bn(model, rng)
     x = rng.normal(size=(16, *shape)).astype("float32")
     folded = _check_same_predictions(model, x, expected_bn_left=0)
     assert isinstance(folded, keras.Sequential)
@@ -74,7 +80,7 @@ def test_channels_first_conv_folds_along_axis_1():
         L.Conv2D(4, 3, data_format="channels_first", name="conv2"),
         L.BatchNormalization(axis=-1, name="bn_width"),  # normalises the width axis: not foldable
     ])
-    _randomise_bn(model, np.random.default_rng(3))
+    randomise_bn(model, np.random.default_rng(3))
     plan = {d.bn: d for d in plan_folding(model)}
     assert plan["bn_channels"].folded
     assert not plan["bn_width"].folded and "axis" in plan["bn_width"].reason
@@ -107,7 +113,7 @@ def test_random_functional_networks(seed):
             h = L.Concatenate()([L.BatchNormalization()(h), h])
             expected_left += 1
     model = keras.Model(inputs, L.Dense(2)(h))
-    _randomise_bn(model, rng)
+    randomise_bn(model, rng)
     x = rng.normal(size=(32, 10)).astype("float32")
     folded = _check_same_predictions(model, x, expected_left)
     assert not isinstance(folded, keras.Sequential)
@@ -126,7 +132,7 @@ def test_unfoldable_bn_is_reported_with_a_reason():
     ])
     plan = {d.bn: d for d in plan_folding(model)}
     assert plan["bn_ok"].folded and plan["bn_ok"].into == "dense_ok"
-    assert "no Dense or Conv2D" in plan["bn_input"].reason
+    assert "normalises a model input" in plan["bn_input"].reason
     assert "activation 'relu'" in plan["bn_after_relu"].reason
     assert "axis" in plan["bn_wrong_axis"].reason
     with pytest.warns(FoldingWarning) as record:
@@ -155,7 +161,7 @@ class _ScaledDense(L.Dense):
 )
 def test_layers_that_would_fold_wrongly_are_refused(make_producer, reason):
     model = keras.Sequential([keras.Input((4,)), make_producer(), L.BatchNormalization(name="bn")])
-    _randomise_bn(model, np.random.default_rng(0))
+    randomise_bn(model, np.random.default_rng(0))
     assert reason in plan_folding(model)[0].reason
     x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
     _check_same_predictions(model, x, expected_bn_left=1)
@@ -164,32 +170,65 @@ def test_layers_that_would_fold_wrongly_are_refused(make_producer, reason):
 def test_quantized_and_lora_layers_are_refused():
     for change, reason in ((lambda d: d.quantize("int8"), "quantized"), (lambda d: d.enable_lora(2), "LoRA")):
         model = keras.Sequential([keras.Input((4,)), L.Dense(3, name="producer"), L.BatchNormalization(name="bn")])
-        _randomise_bn(model, np.random.default_rng(0))
+        randomise_bn(model, np.random.default_rng(0))
         change(model.get_layer("producer"))
         assert reason in plan_folding(model)[0].reason
 
 
-def test_shared_bn_and_nested_models_are_reported():
+def test_shared_bn_is_reported():
     shared = L.BatchNormalization(name="shared_bn")
     inputs = keras.Input((4,))
     a, b = L.Dense(3, name="da")(inputs), L.Dense(3, name="db")(inputs)
     model = keras.Model(inputs, L.Add()([shared(a), shared(b)]))
+    randomise_bn(model, np.random.default_rng(0))
     assert "shared" in plan_folding(model)[0].reason
+    folded = _check_same_predictions(model, np.random.default_rng(1).normal(size=(8, 4)).astype("float32"), 1)
+    assert len(folded.get_layer("shared_bn")._inbound_nodes) == 2  # still one layer, called twice
+
+
+def test_bn_inside_nested_models_is_folded_there():
     inner = keras.Sequential([keras.Input((4,)), L.Dense(3), L.BatchNormalization(name="inner_bn")], name="inner")
     outer = keras.Sequential([keras.Input((4,)), inner, L.Dense(2)])
-    _randomise_bn(inner, np.random.default_rng(0))
-    plan = plan_folding(outer)
-    assert [(d.bn, d.folded) for d in plan] == [("inner_bn", False)] and "nested model 'inner'" in plan[0].reason
+    randomise_bn(outer, np.random.default_rng(0))
+    (decision,) = plan_folding(outer)
+    assert decision == FoldDecision("inner/inner_bn", f"inner/{inner.layers[0].name}", True, "folded")
     x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
-    with pytest.warns(FoldingWarning, match="inner_bn"):
-        folded = fold_batchnorm(outer)
-    np.testing.assert_allclose(folded.predict(x, verbose=0), outer.predict(x, verbose=0), atol=1e-5)
+    folded = _check_same_predictions(outer, x, 0)
+    assert isinstance(folded.layers[0], keras.Sequential) and folded.layers[0].name == "inner"
+    # a functional model nested twice (shared), a BN right after it, a BN inside a plain layer
+    block_in = keras.Input((6,))
+    block = keras.Model(block_in, L.BatchNormalization(name="block_bn")(L.Dense(6, name="block_dense")(block_in)),
+                        name="block")
+    inputs = keras.Input((6,))
+    h = block(block(inputs))
+    h = L.BatchNormalization(name="after_block")(h)
+    h = _WithBN(name="wrapper")(h)
+    model = keras.Model(inputs, h)
+    randomise_bn(model, np.random.default_rng(2))
+    plan = {d.bn: d for d in plan_folding(model)}
+    assert plan["block/block_bn"].folded and plan["block/block_bn"].into == "block/block_dense"
+    assert "follows the nested model 'block'" in plan["after_block"].reason
+    assert "inside 'wrapper' (_WithBN), whose graph is not visible" in plan["inner_of_wrapper"].reason
+    folded = _check_same_predictions(model, np.random.default_rng(3).normal(size=(8, 6)).astype("float32"), 2)
+    assert len(folded.get_layer("block")._inbound_nodes) == 2  # the nested model stays shared
+
+
+@keras.saving.register_keras_serializable(package="bnbook_tests")
+class _WithBN(L.Layer):
+    """A layer with a BN inside: its graph is not visible to folding."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = L.BatchNormalization(name="inner_of_wrapper")
+
+    def call(self, inputs):
+        return self.bn(inputs) * 2.0
 
 
 def test_the_original_model_is_not_modified():
     set_up(1)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3, use_bias=False), L.BatchNormalization(), L.Dense(2)])
-    _randomise_bn(model, np.random.default_rng(1))
+    randomise_bn(model, np.random.default_rng(1))
     before = [w.numpy().copy() for w in model.weights]
     folded = fold_batchnorm(model)
     assert [w.shape for w in model.weights] == [b.shape for b in before]
@@ -217,3 +256,130 @@ def test_bad_input():
         fold_batchnorm([L.Dense(2)])
     with pytest.raises(ValueError, match="not built"):
         fold_batchnorm(keras.Sequential([L.Dense(2), L.BatchNormalization()]))
+
+
+CONV_CASES = [
+    # (layer, input shape, BN center): every kind of layer BN folds into, with strides, padding, groups, multipliers
+    (lambda: L.Conv1D(6, 3, strides=2, padding="same", groups=2), (9, 4), True),
+    (lambda: L.Conv3D(4, 2, padding="same"), (5, 5, 5, 2), False),
+    (lambda: L.DepthwiseConv1D(3, depth_multiplier=2), (9, 3), True),
+    (lambda: L.DepthwiseConv2D(3, depth_multiplier=1, padding="same"), (7, 7, 4), False),
+    (lambda: L.DepthwiseConv2D(3, depth_multiplier=3, strides=2, use_bias=False), (8, 8, 2), True),
+    (lambda: L.SeparableConv1D(5, 3, depth_multiplier=2), (9, 3), False),
+    (lambda: L.SeparableConv2D(5, 3, depth_multiplier=2, use_bias=False), (7, 7, 3), True),
+    (lambda: L.Conv1DTranspose(4, 3, strides=2), (6, 3), False),
+    (lambda: L.Conv2DTranspose(5, 3, strides=2, padding="same", output_padding=1), (5, 5, 3), True),
+    (lambda: L.Conv2DTranspose(4, 3, strides=3, use_bias=False), (4, 4, 2), False),  # some outputs are bias only
+    (lambda: L.Conv3DTranspose(3, 2, strides=2), (3, 3, 3, 2), True),
+]
+
+
+@pytest.mark.parametrize(("make_layer", "shape", "center"), CONV_CASES)
+def test_every_linear_layer_kind_folds_exactly(make_layer, shape, center):
+    set_up(0)
+    producer = make_layer()
+    model = keras.Sequential([keras.Input(shape), producer, L.BatchNormalization(center=center), L.Activation("relu")])
+    randomise_bn(model, np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    folded = _check_same_predictions(model, x, expected_bn_left=0)
+    assert type(folded.layers[0]) is type(producer) and folded.layers[0].use_bias
+
+
+def test_bnbook_batchnorm_after_dense_is_folded():
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4, name="dense"), BatchNorm(name="ours"), L.Dense(2)])
+    randomise_bn(model, np.random.default_rng(0))
+    assert plan_folding(model) == [FoldDecision("ours", "dense", True, "folded")]
+    _check_same_predictions(model, np.random.default_rng(1).normal(size=(8, 5)).astype("float32"), 0)
+
+
+def _graph_with_raw_ops():
+    """Tensor operators and keras.ops between layers, multi-input layers, a shared layer."""
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    h = L.BatchNormalization(name="bn_c1")(h)  # foldable
+    h = h + h  # raw tensor operation
+    h = L.BatchNormalization(name="bn_after_add")(h)  # follows an operation
+    c2 = L.Conv2D(4, 1, name="c2")(h)
+    h = L.BatchNormalization(name="bn_c2")(c2)  # c2's output also goes to the Add below
+    h = L.Add(name="add")([h, c2])
+    h = L.BatchNormalization(name="bn_after_layer_add")(h)  # follows a multi-input layer
+    shared = L.Conv2D(4, 1, name="shared_conv")
+    a = L.BatchNormalization(name="bn_shared_a")(shared(h))  # the producer is called twice
+    b = shared(keras.ops.relu(h))
+    h = keras.ops.concatenate([a, b * 0.5], axis=-1)
+    h = L.Conv2D(6, 3, name="c3")(h)
+    h = L.BatchNormalization(name="bn_training", momentum=0.5)(h, training=True)  # batch statistics always
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(keras.ops.tanh(h))
+    h = L.BatchNormalization(name="bn_dw")(h)
+    return keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(h)))
+
+
+def test_graphs_with_raw_tensor_operations_shared_and_multi_input_layers():
+    model = _graph_with_raw_ops()
+    randomise_bn(model, np.random.default_rng(0))
+    plan = {d.bn: d for d in plan_folding(model)}
+    assert {name for name, d in plan.items() if d.folded} == {"bn_c1", "bn_dw"}
+    assert "follows the operation" in plan["bn_after_add"].reason
+    assert "output of c2 is used elsewhere" in plan["bn_c2"].reason
+    assert "follows a Add, not a Dense or convolution layer" in plan["bn_after_layer_add"].reason
+    assert "shared_conv is shared" in plan["bn_shared_a"].reason
+    assert "training=True" in plan["bn_training"].reason
+    x = np.random.default_rng(1).normal(size=(6, 8, 8, 3)).astype("float32")
+    folded = _check_same_predictions(model, x, expected_bn_left=5)
+    assert len(folded.get_layer("shared_conv")._inbound_nodes) == 2
+
+
+def test_folded_models_save_and_reload_without_custom_objects(tmp_path):
+    inputs = keras.Input((6, 6, 2))
+    h = L.SeparableConv2D(4, 3, name="sep")(inputs)
+    h = BatchNorm(name="ours")(h)
+    h = keras.ops.relu(h) - 0.5
+    h = L.DepthwiseConv2D(3, name="dw")(h)
+    h = L.BatchNormalization(name="theirs")(h)
+    h = L.BatchNormalization(name="second")(h)  # follows a BN: left in place
+    model = keras.Model(inputs, L.Flatten()(h))
+    randomise_bn(model, np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(4, 6, 6, 2)).astype("float32")
+    folded = _check_same_predictions(model, x, expected_bn_left=1)
+    folded.save(tmp_path / "folded.keras")
+    reloaded = keras.saving.load_model(tmp_path / "folded.keras")
+    assert "bnbook" not in str(reloaded.get_config())
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_subclassed_models_are_refused_with_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense, self.bn = L.Dense(3), L.BatchNormalization()
+
+        def call(self, x):
+            return self.bn(self.dense(x))
+
+    net = Net()
+    net(np.zeros((2, 4), "float32"))
+    with pytest.raises(TypeError, match="subclassed model"):
+        fold_batchnorm(net)
+
+
+def test_nested_subclassed_models_and_layers_without_config_are_reused_and_reported():
+    class Net(keras.Model):  # subclassed, no get_config: cannot be copied, its graph is not visible
+        def __init__(self, width):
+            super().__init__()
+            self.dense, self.bn = L.Dense(width), L.BatchNormalization(name="bn_in_net")
+
+        def call(self, x):
+            return self.bn(self.dense(x))
+
+    inputs = keras.Input((4,))
+    net = Net(3)
+    model = keras.Model(inputs, L.BatchNormalization(name="bn_ok")(L.Dense(2, name="d")(net(inputs))))
+    randomise_bn(model, np.random.default_rng(0))
+    with pytest.warns(FoldingWarning) as record:
+        folded = fold_batchnorm(model)
+    messages = [str(w.message) for w in record]
+    assert f"BN layer 'bn_in_net' was not folded: inside {net.name!r} (Net), whose graph is not visible" in messages
+    assert any(f"{net.name!r} (Net) cannot be rebuilt from its config" in m for m in messages)
+    assert folded.get_layer(net.name) is net and count_bn(folded) == 1
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)

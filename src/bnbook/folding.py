@@ -1,16 +1,25 @@
-"""Fold inference-mode BN layers into the Dense or Conv2D layer before them.
+"""Fold inference-mode BN layers into the Dense or convolution layer before them.
 
 In inference mode a BN layer is a fixed affine map per channel,
 ``y = gamma * (z - moving_mean) / sqrt(moving_variance + epsilon) + beta``. When ``z``
-is the output of a Dense or Conv2D layer ``z = x W + b`` (no activation in between),
-the two collapse into one layer with
+is the output of a Dense or convolution layer ``z = x W + b`` (no activation in
+between), the two collapse into one layer with
 
     s  = gamma / sqrt(moving_variance + epsilon)
-    W' = W * s                      (per output channel, the kernel's last axis)
+    W' = W * s                      (per output channel)
     b' = beta + (b - moving_mean) * s
 
-:func:`fold_batchnorm` applies this to every BN layer it can and leaves the others in
-place, saying why (:func:`plan_folding` gives the same report without folding).
+Every output channel of ``Dense``, ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` (output
+channel ``c * depth_multiplier + m`` comes from ``kernel[..., c, m]``), the pointwise
+kernel of ``SeparableConv1D/2D`` and ``Conv1D/2D/3DTranspose`` (kernel
+``(..., out, in)``) is linear in its own slice of the kernel plus its bias, so the
+fold is exact for all of them.
+
+:func:`fold_batchnorm` applies this to every BN layer it can, in the model and in the
+Sequential/Functional models nested in it, and leaves the others in place, saying
+why (:func:`plan_folding` gives the same report without folding). Anything else in
+the graph (layers with several inputs, shared layers, raw tensor operations such as
+``keras.ops.add`` or ``h + h``) is copied as it is.
 """
 
 from __future__ import annotations
@@ -21,11 +30,31 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional  # the class of keras.Model(inputs, outputs)
+
+from bnbook.layers import BatchNorm
 
 __all__ = ["FoldDecision", "FoldingWarning", "fold_batchnorm", "folded_weights", "plan_folding"]
 
+L = keras.layers
 # Exact types only: a subclass may override call() and compute something else.
-_FOLDABLE = (keras.layers.Dense, keras.layers.Conv2D)
+BN_TYPES: tuple[type, ...] = (L.BatchNormalization, BatchNorm)
+# For each layer BN can be folded into: the weight that holds the output channels and
+# where they are in it ("last" axis, "depthwise" (..., in, multiplier), "transposed" (..., out, in)).
+_FOLDABLE: dict[type, tuple[str, str]] = {
+    L.Dense: ("kernel", "last"),
+    L.Conv1D: ("kernel", "last"),
+    L.Conv2D: ("kernel", "last"),
+    L.Conv3D: ("kernel", "last"),
+    L.DepthwiseConv1D: ("kernel", "depthwise"),
+    L.DepthwiseConv2D: ("kernel", "depthwise"),
+    L.SeparableConv1D: ("pointwise_kernel", "last"),
+    L.SeparableConv2D: ("pointwise_kernel", "last"),
+    L.Conv1DTranspose: ("kernel", "transposed"),
+    L.Conv2DTranspose: ("kernel", "transposed"),
+    L.Conv3DTranspose: ("kernel", "transposed"),
+}
+_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 class FoldingWarning(UserWarning):
@@ -34,7 +63,7 @@ class FoldingWarning(UserWarning):
 
 @dataclass(frozen=True)
 class FoldDecision:
-    """What :func:`fold_batchnorm` does with one BN layer."""
+    """What :func:`fold_batchnorm` does with one BN layer (names of nested layers are ``model/layer``)."""
 
     bn: str
     into: str | None
@@ -55,7 +84,7 @@ def folded_weights(
 
     Args:
         kernel: The layer's kernel, output channels on the last axis (Keras's layout
-            for Dense and Conv2D, whatever the data format).
+            for Dense and ConvND, whatever the data format).
         bias: The layer's bias, or ``None`` (``use_bias=False``).
         gamma: BN's scale, or ``None`` (``scale=False``, i.e. 1).
         beta: BN's offset, or ``None`` (``center=False``, i.e. 0).
@@ -82,105 +111,20 @@ def folded_weights(
     return new_kernel.astype(np.float32), np.broadcast_to(new_bias, (channels,)).astype(np.float32)
 
 
-def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
-    if isinstance(layer, keras.layers.Conv2D) and layer.data_format == "channels_first":
-        return 1
-    return rank - 1
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"fold_batchnorm needs a keras.Model (Sequential or Functional), got {type(model).__name__}")
-    if not model.built:
-        raise ValueError("the model is not built: call it on data or give it an Input first")
-
-
-def _edges(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.Layer | None, int]]:
-    """(bn, producer or None, number of consumers of the producer's output) for every BN layer."""
-    if isinstance(model, keras.Sequential):
-        layers = model.layers
-        return [
-            (layer, layers[i - 1] if i > 0 else None, 1)
-            for i, layer in enumerate(layers)
-            if isinstance(layer, keras.layers.BatchNormalization)
-        ]
-    consumers: dict[int, int] = {}
-    for operation in model.operations:
-        for node in operation._inbound_nodes:
-            for tensor in node.input_tensors:
-                consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
-    for tensor in keras.tree.flatten(model.outputs):
-        consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
-    result = []
-    for operation in model.operations:
-        if not isinstance(operation, keras.layers.BatchNormalization):
-            continue
-        nodes = operation._inbound_nodes
-        if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
-            result.append((operation, None, 0))
-            continue
-        tensor = nodes[0].input_tensors[0]
-        producer = tensor._keras_history.operation
-        result.append((operation, producer, consumers.get(id(tensor), 0)))
-    return result
-
-
-def _decide(bn: keras.layers.BatchNormalization, producer: Any, n_consumers: int) -> FoldDecision:
-    name = bn.name
-    if len(bn._inbound_nodes) != 1:
-        return FoldDecision(name, None, False, "the BN layer is shared (called more than once)")
-    if producer is None or isinstance(producer, keras.layers.InputLayer):
-        return FoldDecision(name, None, False, "no Dense or Conv2D layer before it")
-    if type(producer) not in _FOLDABLE:
-        return FoldDecision(name, producer.name, False, f"follows a {type(producer).__name__}, not a Dense or Conv2D")
-    if getattr(producer.dtype_policy, "quantization_mode", None) is not None:
-        return FoldDecision(name, producer.name, False, f"{producer.name} is quantized")
-    if getattr(producer, "lora_enabled", False):
-        return FoldDecision(name, producer.name, False, f"{producer.name} has LoRA enabled")
-    if producer.compute_dtype != "float32" or bn.compute_dtype != "float32":
-        return FoldDecision(name, producer.name, False, f"{producer.name} computes in {producer.compute_dtype}; only float32 is folded")
-    if producer.activation is not keras.activations.linear:
-        act = getattr(producer.activation, "__name__", str(producer.activation))
-        return FoldDecision(name, producer.name, False, f"{producer.name} applies activation {act!r} before BN")
-    if n_consumers != 1 or len(producer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
-        return FoldDecision(name, producer.name, False, f"the output of {producer.name} is used elsewhere too, or a layer is shared")
-    rank = len(producer.output.shape)
-    if bn.axis % rank != _channel_axis(producer, rank):
-        return FoldDecision(name, producer.name, False, f"its axis {bn.axis} is not the channel axis of {producer.name}")
-    return FoldDecision(name, producer.name, True, "folded")
-
-
-def _nested_bn(model: keras.Model) -> list[FoldDecision]:
-    """BN layers inside nested models: reported, not searched."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            for inner in layer._flatten_layers(include_self=False):
-                if isinstance(inner, keras.layers.BatchNormalization):
-                    found.append(FoldDecision(inner.name, None, False, f"inside the nested model {layer.name!r}"))
-    return found
-
-
-def plan_folding(model: keras.Model) -> list[FoldDecision]:
-    """Say, for every BN layer of ``model``, whether it can be folded and why (or why not).
-
-    BN layers inside nested models are listed as not folded (fold the inner model
-    separately if needed).
-
-    Raises:
-        TypeError: ``model`` is not a Keras model.
-        ValueError: ``model`` is not built.
-    """
-    _check_model(model)
-    return [_decide(bn, producer, n) for bn, producer, n in _edges(model)] + _nested_bn(model)
-
-
-def _fused_layer(producer: keras.layers.Layer, bn: keras.layers.BatchNormalization) -> keras.layers.Layer:
-    config = {**producer.get_config(), "use_bias": True, "bias_initializer": "zeros"}
-    fused = producer.__class__.from_config(config)
-    fused.build(producer.input.shape)
-    kernel, bias = folded_weights(
-        producer.kernel.numpy(),
+def _fold_into(producer: L.Layer, bn: L.Layer) -> dict[str, np.ndarray]:
+    """The weights of ``producer`` with ``bn`` folded in, by attribute name."""
+    weights = {name: getattr(producer, name).numpy() for name in _KERNELS if getattr(producer, name, None) is not None}
+    name, layout = _FOLDABLE[type(producer)]
+    kernel = weights[name]
+    # Bring the output channels to the last axis, as folded_weights wants them.
+    if layout == "depthwise":  # (..., in, multiplier) -> (..., in * multiplier): channel c * multiplier + m
+        as_last = kernel.reshape(*kernel.shape[:-2], kernel.shape[-2] * kernel.shape[-1])
+    elif layout == "transposed":  # (..., out, in) -> (..., in, out)
+        as_last = np.swapaxes(kernel, -1, -2)
+    else:
+        as_last = kernel
+    new_kernel, weights["bias"] = folded_weights(
+        as_last,
         producer.bias.numpy() if producer.use_bias else None,
         bn.gamma.numpy() if bn.scale else None,
         bn.beta.numpy() if bn.center else None,
@@ -188,63 +132,238 @@ def _fused_layer(producer: keras.layers.Layer, bn: keras.layers.BatchNormalizati
         bn.moving_variance.numpy(),
         bn.epsilon,
     )
-    fused.kernel.assign(kernel)
-    fused.bias.assign(bias)
-    return fused
+    weights[name] = np.swapaxes(new_kernel, -1, -2) if layout == "transposed" else new_kernel.reshape(kernel.shape)
+    return weights
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"fold_batchnorm needs a keras.Model (Sequential or Functional), got {type(model).__name__}")
+    if not model.built or (isinstance(model, keras.Sequential) and _graph(model) is None):
+        raise ValueError("the model is not built: call it on data or give it an Input first")
+    if _graph(model) is None:
+        raise TypeError(
+            f"{model.name!r} is a subclassed model ({type(model).__name__}): its graph is not visible; "
+            "fold the Sequential or Functional models it is made of"
+        )
+
+
+def _graph(model: keras.Model) -> Functional | None:
+    """The Functional graph of a Sequential or Functional model; None for other (subclassed) models."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if isinstance(model, Functional) else None
+
+
+def _channel_axis(layer: L.Layer, rank: int) -> int:
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else rank - 1
+
+
+@dataclass
+class _Edge:
+    """One BN layer of a graph, the layer before it, and the decision."""
+
+    bn: L.Layer
+    producer: Any
+    decision: FoldDecision
+
+
+def _edges(model: keras.Model, prefix: str = "") -> list[_Edge]:
+    """Every BN layer of ``model``'s graph and of the graphs nested in it, with its decision."""
+    graph = _graph(model)
+    nodes = [node for depth_nodes in graph._nodes_by_depth.values() for node in depth_nodes]
+    calls: dict[int, int] = {}  # operation -> number of calls in this graph
+    uses: dict[int, int] = {}  # tensor -> number of uses in this graph (as an input or an output)
+    for node in nodes:
+        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+        for tensor in node.input_tensors:
+            uses[id(tensor)] = uses.get(id(tensor), 0) + 1
+    for tensor in keras.tree.flatten(graph.outputs):
+        uses[id(tensor)] = uses.get(id(tensor), 0) + 1
+    edges, seen = [], set()
+    for operation in graph.operations:
+        if id(operation) in seen:
+            continue
+        seen.add(id(operation))
+        if isinstance(operation, keras.Model) and _graph(operation) is not None:
+            edges += _edges(operation, f"{prefix}{operation.name}/")
+        elif type(operation) in BN_TYPES:
+            bn_nodes = [node for node in nodes if node.operation is operation]
+            edges.append(_decide(operation, bn_nodes, calls, uses, prefix))
+        elif isinstance(operation, L.Layer):  # BN inside a layer whose graph is not visible
+            for inner in operation._flatten_layers(include_self=False):
+                if isinstance(inner, BN_TYPES):
+                    reason = f"inside {operation.name!r} ({type(operation).__name__}), whose graph is not visible"
+                    edges.append(_Edge(inner, None, FoldDecision(f"{prefix}{inner.name}", None, False, reason)))
+    return edges
+
+
+def _decide(bn: L.Layer, bn_nodes: list, calls: dict[int, int], uses: dict[int, int], prefix: str) -> _Edge:
+    def no(reason: str, producer: Any = None) -> _Edge:
+        into = f"{prefix}{producer.name}" if producer is not None else None
+        return _Edge(bn, producer, FoldDecision(f"{prefix}{bn.name}", into, False, reason))
+
+    if len(bn_nodes) != 1:
+        return no("the BN layer is shared (called more than once)")
+    node = bn_nodes[0]
+    if node.arguments.kwargs.get("training") is True:
+        return no("it is called with training=True, so it uses batch statistics in inference too")
+    if len(node.input_tensors) != 1:
+        return no(f"it is called on {len(node.input_tensors)} tensors")
+    tensor = node.input_tensors[0]
+    producer = tensor._keras_history.operation
+    if producer is None or isinstance(producer, L.InputLayer):
+        return no("no layer before it: it normalises a model input")
+    if not isinstance(producer, L.Layer):
+        return no(f"follows the operation {producer.name!r} ({type(producer).__name__}), not a layer", producer)
+    if isinstance(producer, keras.Model):
+        return no(f"follows the nested model {producer.name!r}, not a Dense or convolution layer", producer)
+    if type(producer) not in _FOLDABLE:
+        return no(f"follows a {type(producer).__name__}, not a Dense or convolution layer", producer)
+    if calls.get(id(producer), 0) != 1:
+        return no(f"{producer.name} is shared (called more than once)", producer)
+    if getattr(producer.dtype_policy, "quantization_mode", None) is not None:
+        return no(f"{producer.name} is quantized", producer)
+    if getattr(producer, "lora_enabled", False):
+        return no(f"{producer.name} has LoRA enabled", producer)
+    if producer.compute_dtype != "float32" or bn.compute_dtype != "float32":
+        return no(f"{producer.name} computes in {producer.compute_dtype}; only float32 is folded", producer)
+    if producer.activation is not keras.activations.linear:
+        act = getattr(producer.activation, "__name__", str(producer.activation))
+        return no(f"{producer.name} applies activation {act!r} before BN", producer)
+    if uses.get(id(tensor), 0) != 1:
+        return no(f"the output of {producer.name} is used elsewhere too", producer)
+    rank = len(tensor.shape)
+    if bn.axis % rank != _channel_axis(producer, rank):
+        return no(f"its axis {bn.axis} is not the channel axis of {producer.name}", producer)
+    return _Edge(bn, producer, FoldDecision(f"{prefix}{bn.name}", f"{prefix}{producer.name}", True, "folded"))
+
+
+def plan_folding(model: keras.Model) -> list[FoldDecision]:
+    """Say, for every BN layer of ``model``, whether it can be folded and why (or why not).
+
+    BN layers inside nested Sequential or Functional models are planned too (their
+    names are given as ``nested_model/bn``); BN inside other layers or subclassed
+    models is reported as not folded.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, or a subclassed one.
+        ValueError: ``model`` is not built.
+    """
+    _check_model(model)
+    return [edge.decision for edge in _edges(model)]
+
+
+class _Folder:
+    """Copies a model layer by layer, fusing each folded BN into the layer before it."""
+
+    def __init__(self, edges: list[_Edge]) -> None:
+        folded = [edge for edge in edges if edge.decision.folded]
+        self.removed = {id(edge.bn) for edge in folded}
+        self.bn_after = {id(edge.producer): edge.bn for edge in folded}
+        self.copies: dict[int, Any] = {}  # original operation -> its copy (shared layers stay shared)
+        self.weights: dict[int, Any] = {}  # copy -> weights to give it once it is built
+
+    def copy(self, layer: Any) -> Any:
+        if id(layer) not in self.copies:
+            self.copies[id(layer)] = self._new_copy(layer)
+        return self.copies[id(layer)]
+
+    def _new_copy(self, layer: Any) -> Any:
+        if id(layer) in self.removed:
+            return _REMOVED
+        if isinstance(layer, keras.Model) and _graph(layer) is not None:
+            return self.fold(layer, layer.name)
+        if not isinstance(layer, L.Layer):
+            return layer  # a stateless operation (keras.ops, tensor operators): reused
+        if id(layer) in self.bn_after:
+            config = {**layer.get_config(), "use_bias": True, "bias_initializer": "zeros"}
+            clone = layer.__class__.from_config(config)
+            self.weights[id(clone)] = _fold_into(layer, self.bn_after[id(layer)])
+            return clone
+        try:
+            clone = layer.__class__.from_config(layer.get_config())
+        except (NotImplementedError, TypeError, ValueError) as error:  # e.g. a subclassed layer without get_config
+            warnings.warn(
+                f"{layer.name!r} ({type(layer).__name__}) cannot be rebuilt from its config "
+                f"({type(error).__name__}), so the folded model uses the original layer object",
+                FoldingWarning,
+                stacklevel=2,
+            )
+            return layer
+        self.weights[id(clone)] = layer.get_weights()
+        return clone
+
+    def set_weights(self, clone: Any) -> None:
+        weights = self.weights.pop(id(clone), None)
+        if isinstance(weights, dict):
+            for name, value in weights.items():
+                getattr(clone, name).assign(value)
+        elif weights:
+            clone.set_weights(weights)
+
+    def call(self, layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer is _REMOVED:
+            return args[0]  # the folded BN disappears: its input goes straight on
+        outputs = layer(*args, **kwargs)
+        self.set_weights(layer)  # built by the call
+        return outputs
+
+    def fold(self, model: keras.Model, name: str) -> keras.Model:
+        if isinstance(model, keras.Sequential):
+            layers = [self.copy(layer) for layer in model.layers if id(layer) not in self.removed]
+            x = model.inputs[0]
+            copy = keras.Sequential([keras.Input(batch_shape=x.shape, dtype=x.dtype), *layers], name=name)
+            for layer in layers:
+                self.set_weights(layer)
+            return copy
+        # What keras.models.clone_model does, without compiling the copy.
+        graph = _graph(model)
+        inputs = keras.tree.map_structure(
+            lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), graph.input
+        )
+        outputs = graph._run_through_graph(inputs, operation_fn=self.copy, call_fn=self.call)
+        return keras.Model(inputs, outputs, name=name)
+
+
+_REMOVED = object()  # stands for a folded BN layer while the graph is copied
 
 
 def fold_batchnorm(model: keras.Model, *, warn: bool = True) -> keras.Model:
     """Return a copy of ``model`` with every foldable BN layer folded into the layer before it.
 
-    A BN layer is folded when it directly follows a plain ``Dense`` or ``Conv2D`` layer
-    (not a subclass, not quantized, no LoRA, computing in float32) that has no
-    activation, whose output nothing else uses, and whose channel axis is BN's axis.
-    The copy's predictions equal the original's in inference mode up to float32
-    rounding. Other BN layers, including any inside nested models, are kept (with
-    their weights) and reported. The original model is not modified: every layer is
-    a new copy.
+    A BN layer (``keras.layers.BatchNormalization`` or :class:`bnbook.layers.BatchNorm`,
+    not a subclass) is folded when it is called once and directly follows a plain
+    ``Dense``, ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D`` or
+    ``Conv1D/2D/3DTranspose`` layer (not a subclass, called once, not quantized, no
+    LoRA, computing in float32) that has no activation, whose output nothing else
+    uses, and whose channel axis is BN's axis. Nested Sequential and Functional models
+    are folded the same way inside. The copy's predictions equal the original's in
+    inference mode up to float32 rounding. Other BN layers are kept (with their
+    weights) and reported; every other layer and operation (several inputs, shared
+    layers, raw tensor operations) is copied unchanged. The original model is not
+    modified: every layer is a new copy, except stateless operations such as
+    ``keras.ops.add`` and layers that cannot be rebuilt from their config (a
+    :class:`FoldingWarning` names them), which are reused.
 
     Args:
         model: A built Sequential or Functional Keras model.
         warn: Emit a :class:`FoldingWarning` for each BN layer left in place.
 
     Returns:
-        A new model of the same kind (Sequential stays Sequential), for inference.
+        A new model of the same kind (Sequential stays Sequential), for inference,
+        made of standard layers (it saves to ``.keras`` and loads without custom
+        objects, unless the original had some).
 
     Raises:
-        TypeError: ``model`` is not a Keras model.
+        TypeError: ``model`` is not a Keras model, or a subclassed one.
         ValueError: ``model`` is not built.
     """
     _check_model(model)
-    decisions = plan_folding(model)
+    edges = _edges(model)
     if warn:
-        for d in decisions:
-            if not d.folded:
+        for edge in edges:
+            if not edge.decision.folded:
+                d = edge.decision
                 warnings.warn(f"BN layer {d.bn!r} was not folded: {d.reason}", FoldingWarning, stacklevel=2)
-    to_fold = {d.bn for d in decisions if d.folded}
-    bn_after: dict[str, keras.layers.BatchNormalization] = {}
-    for bn, producer, _ in _edges(model):
-        if bn.name in to_fold:
-            bn_after[producer.name] = bn
-
-    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if layer.name in bn_after:
-            return _fused_layer(layer, bn_after[layer.name])
-        clone = layer.__class__.from_config(layer.get_config())
-        if layer.weights:
-            clone.build(layer.input.shape)
-            clone.set_weights(layer.get_weights())
-        return clone
-
-    if isinstance(model, keras.Sequential):
-        layers = [clone_function(layer) for layer in model.layers if layer.name not in to_fold]
-        folded = keras.Sequential([keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype), *layers], name=f"{model.name}_folded")
-        return folded
-
-    def call_function(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
-        if layer.name in to_fold:
-            return args[0]  # the BN disappears: its input goes straight on
-        return layer(*args, **kwargs)
-
-    folded = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
-    return keras.Model(folded.inputs, folded.outputs, name=f"{model.name}_folded")
+    return _Folder(edges).fold(model, f"{model.name}_folded")
