@@ -1,0 +1,111 @@
+"""fold_batchnorm on real architectures: keras.applications models and a graph of raw tensor operations.
+
+The models are built with ``weights=None`` at 32x32 (their smallest input) and every BN
+layer gets random moving statistics, gamma and beta (and every bias a random value),
+so that folding is not the identity. Outputs are logits (``classifier_activation=None``):
+with these random statistics they reach about 100, and float32 rounding alone moves the
+original model's logits by about 1e-5 of that between two of TensorFlow's code paths
+(eager call vs ``predict``), so the folded model is held to 1e-4 of the largest logit.
+"""
+
+import collections
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnbook.folding import FoldingWarning, fold_batchnorm
+from tests.test_folding import count_bn, randomise_bn
+
+L = keras.layers
+SIZE = 32
+
+# (application, its BN layers, BN layers an exact fold must leave, why they stay)
+APPLICATIONS = [
+    ("ResNet50", 53, 0, {}),  # every BN follows a Conv2D
+    ("MobileNetV2", 52, 0, {}),  # 17 of them follow a DepthwiseConv2D
+    ("EfficientNetB0", 49, 0, {}),  # 16 follow a DepthwiseConv2D
+    # Pre-activation: each of the 58 conv blocks starts with BN on the features so far
+    # (after a Concatenate, or after the stem's max pooling / a transition's average
+    # pooling for the first block of each dense block), then BN after its 1x1 conv
+    # (folded); the 3 transition blocks and the head start with BN after a Concatenate.
+    ("DenseNet121", 121, 62, {"Concatenate": 58 - 4 + 3 + 1, "MaxPooling2D": 1, "AveragePooling2D": 3}),
+    ("ConvNeXtTiny", 0, 0, {}),  # LayerNormalization only, and raw tensor operations (it used to crash)
+]
+
+
+def _application(name):
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(SIZE, SIZE, 3), classes=10, classifier_activation=None
+    )
+    randomise_bn(model, np.random.default_rng(0))
+    return model
+
+
+def _residual_net_with_tensor_operators():
+    """An inverted-residual network written with operators and keras.ops between its layers."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = keras.ops.relu(L.BatchNormalization()(L.Conv2D(16, 3, strides=2, use_bias=False)(inputs)))
+    for expand in (2, 4):
+        shortcut = h
+        h = keras.ops.minimum(keras.ops.relu(L.BatchNormalization()(L.Conv2D(16 * expand, 1)(h))), 6.0)
+        h = L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)) * 0.5
+        h = L.BatchNormalization()(L.Conv2D(16, 1, use_bias=False)(h))
+        h = h + shortcut  # raw tensor operation between Keras tensors
+    h = L.BatchNormalization()(L.SeparableConv2D(24, 3, depth_multiplier=2)(h))
+    return keras.Model(inputs, L.Dense(10)(keras.ops.mean(h, axis=(1, 2))), name="residual_ops")
+
+
+def _relative_difference(model, folded, x):
+    original = np.asarray(model(x, training=False))
+    return float(np.max(np.abs(np.asarray(folded(x, training=False)) - original)) / np.max(np.abs(original)))
+
+
+@pytest.mark.parametrize(("name", "n_bn", "n_left", "reasons_left"), APPLICATIONS)
+def test_applications_fold_exactly(name, n_bn, n_left, reasons_left):
+    model = _application(name)
+    assert count_bn(model) == n_bn
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FoldingWarning)
+        folded = fold_batchnorm(model)
+    assert len(caught) == n_left and count_bn(folded) == n_left
+    # "BN layer 'conv2_block1_0_bn' was not folded: follows a Concatenate, not a Dense or convolution layer"
+    reasons = [str(w.message).split(": follows a ")[1].split(",")[0] for w in caught]
+    assert collections.Counter(reasons) == reasons_left
+    assert len(folded.layers) == len(model.layers) - (n_bn - n_left)
+    x = np.random.default_rng(1).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
+    assert _relative_difference(model, folded, x) < 1e-4
+
+
+def test_a_network_of_raw_tensor_operations_folds_exactly(tmp_path):
+    model = _residual_net_with_tensor_operators()
+    randomise_bn(model, np.random.default_rng(0))
+    assert count_bn(model) == 8
+    folded = fold_batchnorm(model)  # no warning: every BN follows a convolution
+    assert count_bn(folded) == 0
+    x = np.random.default_rng(1).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
+    assert _relative_difference(model, folded, x) < 1e-4
+    folded.save(tmp_path / "folded.keras")
+    assert _relative_difference(model, keras.saving.load_model(tmp_path / "folded.keras"), x) < 1e-4
+
+
+def test_folded_model_matches_tflite_on_the_original():
+    """TensorFlow Lite's converter folds BN itself; our folded Keras model must agree with it."""
+    if not hasattr(tf, "lite"):  # tf.lite ships with tensorflow and tensorflow-cpu 2.21
+        pytest.skip("this TensorFlow has no tf.lite")
+    model = _residual_net_with_tensor_operators()
+    randomise_bn(model, np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    x = np.random.default_rng(1).normal(size=tuple(inp["shape"])).astype("float32")
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    tflite = interpreter.get_tensor(out["index"])
+    folded = np.asarray(fold_batchnorm(model)(x, training=False))
+    assert np.max(np.abs(folded - tflite)) < 1e-4 * np.max(np.abs(tflite))
