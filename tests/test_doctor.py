@@ -1,0 +1,216 @@
+"""Tests of bnbook.doctor: each kind triggered by a model that has the problem, absent from a healthy one."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnbook import doctor
+from bnbook.doctor import Finding, Report, diagnose, main
+from bnbook.layers import BatchNorm
+
+L = keras.layers
+FEATURES, CLASSES = 12, 3
+
+
+def _data(n: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    # Inputs far from mean 0 / variance 1, so initial moving statistics are visibly wrong.
+    gen = np.random.default_rng(seed)
+    x = (2.0 + 3.0 * gen.standard_normal((n, FEATURES))).astype("float32")
+    w = np.random.default_rng(99).standard_normal((FEATURES, CLASSES))
+    return x, np.argmax((x - 2.0) @ w, axis=1).astype("int64")
+
+
+def _mlp(*, bias: bool = False, dropout: float = 0.0, bn: type = L.BatchNormalization, momentum: float = 0.9) -> keras.Model:
+    layers: list = [keras.Input((FEATURES,))]
+    if dropout:
+        layers.append(L.Dropout(dropout, seed=1))
+    layers += [
+        L.Dense(16, use_bias=bias, kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
+        bn(momentum=momentum),
+        L.ReLU(),
+        L.Dense(CLASSES, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=2)),
+    ]
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int = 4) -> keras.Model:
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, shuffle=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return _data()
+
+
+@pytest.fixture(scope="module")
+def healthy(data: tuple[np.ndarray, np.ndarray]) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return _train(_mlp(), *data)
+
+
+def _bn(model: keras.Model) -> keras.layers.Layer:
+    return next(layer for layer in model.layers if isinstance(layer, (L.BatchNormalization, BatchNorm)))
+
+
+def test_healthy_model_has_no_problem(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    report = diagnose(healthy, *data, batch_size=32)
+    assert report.problems == [], str(report)
+    assert report.kinds() == set()
+    assert report.kinds("info") == {"foldable"}
+    assert not {"redundant_bias", "dropout_variance_shift", "small_batch"} & report.kinds("info", "warning", "error")
+
+
+def test_report_table_and_representations(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = data
+    report = diagnose(healthy, x, y, batch_size=32)
+    frame = report.to_frame()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["kind", "severity", "layer", "evidence", "fix"]
+    assert len(frame) == len(report.findings)
+    assert set(frame["kind"]) <= set(doctor.KINDS)
+    assert "no BN problem found" in str(report)
+    assert "<table" in report._repr_html_()
+    assert report._repr_markdown_().count("\n|") >= len(report.findings) + 1
+    assert all("chapter" in f.fix for f in report.findings)
+
+
+def test_never_updated(data: tuple[np.ndarray, np.ndarray]) -> None:
+    keras.utils.set_random_seed(0)
+    model = _mlp()  # built, moving statistics still 0 and 1; inputs have mean 2, variance 9
+    report = diagnose(model, *data, batch_size=32)
+    found = [f for f in report.findings if f.kind == "never_updated"]
+    assert len(found) == 1 and found[0].severity == "error" and found[0].layer == _bn(model).name
+    assert found[0].evidence["var_ratio"] < 1 / doctor.STALE_VARIANCE
+
+
+def test_stale_statistics_and_gap(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    model = keras.models.clone_model(healthy)
+    model.set_weights(healthy.get_weights())
+    bn = _bn(model)
+    bn.moving_mean.assign(bn.moving_mean.numpy() + 3.0 * np.sqrt(bn.moving_variance.numpy()))
+    bn.moving_variance.assign(bn.moving_variance.numpy() * 25.0)
+    x, y = data
+    report = diagnose(model, x, y, batch_size=32)
+    stale = [f for f in report.findings if f.kind == "stale_statistics"]
+    assert stale and stale[0].evidence["accuracy_reestimated"] > stale[0].evidence["accuracy_now"]
+    gap = [f for f in report.findings if f.kind == "train_inference_gap"]
+    assert gap and gap[0].evidence["likely cause"] == "stale_statistics"
+    # the model is left as it was
+    np.testing.assert_allclose(bn.moving_variance.numpy(), _bn(healthy).moving_variance.numpy() * 25.0, rtol=1e-6)
+    # without labels the gap cannot be measured, and the report says so
+    unlabelled = diagnose(model, x, batch_size=32)
+    assert [f.severity for f in unlabelled.findings if f.kind == "train_inference_gap"] == ["info"]
+
+
+def test_dropout_variance_shift(data: tuple[np.ndarray, np.ndarray]) -> None:
+    keras.utils.set_random_seed(0)
+    model = _train(_mlp(dropout=0.5), *data, epochs=2)
+    report = diagnose(model, *data, batch_size=32)
+    found = [f for f in report.findings if f.kind == "dropout_variance_shift"]
+    assert len(found) == 1 and found[0].severity == "warning"
+    assert found[0].evidence["inference/training variance"] < doctor.DROPOUT_RATIO
+
+
+def test_small_batch(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x = data[0][:64]
+    assert "small_batch" in diagnose(healthy, x, batch_size=4).kinds("warning")
+    assert "small_batch" not in diagnose(healthy, x, batch_size=64).kinds("warning", "info")
+    assert "small_batch" in diagnose(healthy, x).kinds("info")  # unknown batch size: said, not skipped
+
+
+def test_redundant_bias_and_foldable(data: tuple[np.ndarray, np.ndarray]) -> None:
+    model = _mlp(bias=True)
+    report = diagnose(model, data[0][:64])
+    bias = [f for f in report.findings if f.kind == "redundant_bias"]
+    assert len(bias) == 1 and bias[0].evidence["parameters"] == 16
+    fold = [f for f in report.findings if f.kind == "foldable"]
+    assert fold[0].evidence["foldable"] == "1 of 1"
+
+
+def test_frozen_but_training(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    model = _mlp()
+    _bn(model).trainable = False  # changed after compile()
+    assert "frozen_but_training" in diagnose(model, data[0][:64]).kinds("warning")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert "frozen_but_training" not in diagnose(model, data[0][:64]).kinds("warning")
+    inputs = keras.Input((FEATURES,))
+    hidden = L.BatchNormalization()(L.Dense(4, use_bias=False)(inputs), training=True)
+    functional = keras.Model(inputs, L.Dense(CLASSES, activation="softmax")(hidden))
+    found = [f for f in diagnose(functional, data[0][:64]).findings if f.kind == "frozen_but_training"]
+    assert any(f.severity == "warning" and f.evidence == {"called with": "training=True"} for f in found)
+
+
+def test_bnbook_batchnorm_and_nested(data: tuple[np.ndarray, np.ndarray]) -> None:
+    x = data[0][:64]
+    model = _mlp(bn=BatchNorm)
+    assert "never_updated" in diagnose(model, x).kinds("error")
+    inner = keras.Sequential([keras.Input((FEATURES,)), L.Dense(4, use_bias=False), L.BatchNormalization()], name="inner")
+    outer = keras.Sequential([keras.Input((FEATURES,)), inner, L.Dense(CLASSES)])
+    report = diagnose(outer, x)
+    info = [f for f in report.findings if f.kind in ("never_updated", "stale_statistics")]
+    assert info and all(f.severity == "info" and "nested" in f.evidence["not checked"] for f in info)
+    assert any(f.kind == "foldable" and f.evidence["foldable"] == "1 of 1" for f in report.findings)
+
+
+def test_model_without_bn(data: tuple[np.ndarray, np.ndarray]) -> None:
+    model = keras.Sequential([keras.Input((FEATURES,)), L.Dense(CLASSES)])
+    report = diagnose(model, data[0][:8])
+    assert report.problems == [] and report.findings[0].evidence == {"BN layers": 0}
+
+
+def test_bad_input(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = data
+    with pytest.raises(TypeError, match="keras.Model"):
+        diagnose("model", x)
+    with pytest.raises(ValueError, match="not built"):
+        diagnose(keras.Sequential([L.Dense(3), L.BatchNormalization()]), x)
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        diagnose(healthy, np.zeros((10, 5), "float32"))
+    with pytest.raises(ValueError, match="10 labels"):
+        diagnose(healthy, x, y[:10])
+    with pytest.raises(ValueError, match="empty"):
+        diagnose(healthy, x[:0])
+    with pytest.raises(TypeError, match="NumPy"):
+        diagnose(healthy, x.tolist())
+    with pytest.raises(TypeError, match="batch_size"):
+        diagnose(healthy, x, batch_size=2.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        diagnose(healthy, x, batch_size=0)
+
+
+def test_finding_evidence_text() -> None:
+    finding = Finding("small_batch", "warning", None, {"batch_size": 4, "ratio": 0.123456}, "fix; chapter 8")
+    assert finding.evidence_text() == "batch_size=4, ratio=0.123"
+    assert "WARNING" in str(Report([finding], "m", 3))
+
+
+def test_command_line(tmp_path, healthy: keras.Model, data: tuple[np.ndarray, np.ndarray], capsys) -> None:
+    x, y = data
+    model_path = tmp_path / "model.keras"
+    healthy.save(model_path)
+    np.savez(tmp_path / "data.npz", x=x[:128], y=y[:128])
+    assert main([str(model_path), "--data", str(tmp_path / "data.npz"), "--labels", "y", "--batch-size", "32"]) == 0
+    assert "no BN problem found" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.keras"), "--data", str(tmp_path / "data.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.keras").write_text("not a model")
+    assert main([str(tmp_path / "junk.keras"), "--data", str(tmp_path / "data.npz")]) == 2
+    assert "cannot read the model" in capsys.readouterr().err
+    (tmp_path / "junk.npz").write_text("not data")
+    assert main([str(model_path), "--data", str(tmp_path / "junk.npz")]) == 2
+    assert "cannot read the data" in capsys.readouterr().err
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 7), "float32"))
+    assert main([str(model_path), "--data", str(tmp_path / "wrong.npz")]) == 2
+    assert "the model expects" in capsys.readouterr().err
+    assert main([str(model_path), "--data", str(tmp_path / "data.npz"), "--labels", "nope"]) == 2
+    assert "no array 'nope'" in capsys.readouterr().err
+    plain = keras.Sequential([keras.Input((FEATURES,)), L.Dense(CLASSES)])
+    plain.save(tmp_path / "plain.keras")
+    assert main([str(tmp_path / "plain.keras"), "--data", str(tmp_path / "data.npz")]) == 0
+    assert "no BN layer" in capsys.readouterr().out
