@@ -13,12 +13,19 @@ condition compares the function ``backend.backend`` with a string).
 """
 
 import numpy as np
+import pytest
 from absl.testing import parameterized
 from keras.src import backend, layers, ops, testing
 from keras.src.losses import MeanSquaredError
 from keras.src.models import Model
 
 from bnbook.layers import BatchNorm
+
+# run_layer_test's own training check (a generator of data; a layer without trainable weights)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The model does not have any trainable weights:UserWarning"),
+]
 
 
 class BatchNormKerasSuiteTest(testing.TestCase):
