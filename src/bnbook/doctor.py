@@ -683,14 +683,25 @@ def diagnose(model: keras.Model, x: np.ndarray, y: np.ndarray | None = None, *, 
         if dropout is not None:
             dropout_fed[path] = dropout
     variances = None
+    probe_model, data_ok, reason = model, False, ""
     try:
         bn_stats._bn_layers(model)
-        data_ok, reason = True, ""
+        data_ok = True
     except ValueError as error:
-        data_ok, reason = False, str(error)
+        reason = str(error)
+        if "called exactly once" in reason:
+            # A reloaded Sequential model records extra calls of its layers; a clone
+            # with the same weights has one call per layer (same layer names).
+            try:
+                probe_model = keras.models.clone_model(model)
+                probe_model.set_weights(model.get_weights())
+                bn_stats._bn_layers(probe_model)
+                data_ok = True
+            except (TypeError, ValueError) as clone_error:
+                reason = f"{reason} (and a clone fails: {clone_error})"
     if data_ok:
-        top = [layer for _, layer in bns]
-        stat_findings, variances = _check_statistics(model, top, x, y, passes, dropout_fed)
+        top = [layer for layer in probe_model.layers if isinstance(layer, _BN_TYPES)]
+        stat_findings, variances = _check_statistics(probe_model, top, x, y, passes, dropout_fed)
         findings += stat_findings
     else:
         for kind in ("never_updated", "stale_statistics"):
