@@ -207,7 +207,10 @@ def _decide(bn: L.Layer, bn_nodes: list, calls: dict[int, int], uses: dict[int, 
         return no("the BN layer is shared (called more than once)")
     node = bn_nodes[0]
     if node.arguments.kwargs.get("training") is True:
-        return no("it is called with training=True, so it uses batch statistics in inference too")
+        return no(
+            "it is called with training=True in the graph, so model(x) without training= uses batch "
+            "statistics (predict/evaluate pass training=False, which overrides it): folding would change model(x)"
+        )
     if len(node.input_tensors) != 1:
         return no(f"it is called on {len(node.input_tensors)} tensors")
     tensor = node.input_tensors[0]
