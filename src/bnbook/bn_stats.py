@@ -9,8 +9,17 @@ Two helpers for models that contain batch normalization layers
   layer's ``moving_variance``. It leaves the model exactly as it found it.
 - :func:`reestimate_bn_statistics` replaces every BN layer's moving mean and
   variance by the exact mean and (biased) variance of its input over a data set,
-  computed in inference mode with the weights untouched ("precise BN"). Chapter 4
-  does this by hand; this function does the same for every BN layer of a model.
+  computed in inference mode (dropout off) with the weights untouched. For a
+  network with dropout before BN this is the remedy Li et al. (2019) give for
+  the variance shift: re-estimate the statistics with dropout off.
+
+  It is not "precise BN" (Ioffe & Szegedy 2015, Algorithm 2; revisited by Wu &
+  Johnson 2021, and computed by hand in chapter 4), which averages the
+  statistics of mini-batches passed through the network in training mode:
+  earlier BN layers on batch statistics and dropout active, so that a variance
+  inflated by dropout is stored again. Without dropout or other noise layers
+  the two differ only in how the earlier BN layers normalise while the
+  statistics are collected.
 
 Both work on single-input Sequential or Functional models whose BN layers are
 top-level layers called once (not inside a nested model, not shared).
@@ -115,15 +124,18 @@ def reestimate_bn_statistics(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Set every BN layer's moving statistics to the exact ones of its input over ``x``.
 
-    This is "precise BN" for the inference network: the weights stay as they are,
-    and, layer by layer in the order of ``model.layers``, each BN layer's
-    ``moving_mean`` and ``moving_variance`` become the per-channel mean and biased
-    variance (divide by N, as Keras stores it) of that layer's input over all of
-    ``x``, computed in inference mode: dropout off, and the earlier BN layers
-    already using their re-estimated statistics. Afterwards each BN layer
-    normalises with the statistics of exactly what it receives at inference on
-    ``x``. (Implementations that pass the data in training mode instead, with the
-    earlier BN layers on batch statistics, give slightly different values.)
+    The statistics are re-estimated for the inference network, with dropout off
+    (Li et al.'s remedy for the variance shift, not training-mode precise BN: see
+    the module docstring). The weights stay as they are, and, layer by layer in
+    the order of ``model.layers``, each BN layer's ``moving_mean`` and
+    ``moving_variance`` become the per-channel mean and biased variance (divide by
+    N, as Keras stores it) of that layer's input over all of ``x``, computed in
+    inference mode: dropout off, and the earlier BN layers already using their
+    re-estimated statistics. Afterwards each BN layer normalises with the
+    statistics of exactly what it receives at inference on ``x``. (Precise BN
+    passes the data in training mode instead, with the earlier BN layers on batch
+    statistics and dropout active: other values, and with dropout before a BN
+    layer, the variance shift stays.)
 
     Args:
         model: A single-input Keras model with top-level BN layers.
