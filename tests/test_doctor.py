@@ -135,8 +135,14 @@ def test_redundant_bias_and_foldable(data: tuple[np.ndarray, np.ndarray]) -> Non
 
 def test_frozen_but_training(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
     model = _mlp()
-    _bn(model).trainable = False  # changed after compile()
-    assert "frozen_but_training" in diagnose(model, data[0][:64]).kinds("warning")
+    _bn(model).trainable = False  # changed after compile(), before any fit: takes effect
+    found = [f for f in diagnose(model, data[0][:64]).findings if f.kind == "frozen_but_training"]
+    assert found == []
+    _bn(model).trainable = True
+    _train(model, *data, epochs=1)
+    _bn(model).trainable = False  # changed after a fit: the traced step still trains it
+    report = diagnose(model, data[0][:64])
+    assert "frozen_but_training" in report.kinds("warning")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     assert "frozen_but_training" not in diagnose(model, data[0][:64]).kinds("warning")
     inputs = keras.Input((FEATURES,))

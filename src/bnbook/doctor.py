@@ -19,8 +19,9 @@ kind                       what it measures
                            inference/training variance ratio of the BN input
 ``small_batch``            the training batch size makes batch statistics noisy
 ``redundant_bias``         a Dense/convolution bias right before a centring BN
-``frozen_but_training``    ``trainable`` changed after ``compile``, or BN called
-                           with ``training=True`` inside the model
+``frozen_but_training``    ``trainable`` changed after a ``fit`` (since the last
+                           ``compile``), or BN called with ``training=True``
+                           inside the model
 ``foldable``               how many BN layers :func:`bnbook.folding.fold_batchnorm`
                            can fold for inference
 =========================  ==========================================================
@@ -576,24 +577,32 @@ def _check_frozen(model: keras.Model, bns: list[tuple[str, keras.layers.Layer]])
     """``frozen_but_training``: what can be detected reliably.
 
     - a BN layer (or a model around it) whose ``trainable`` differs from its value
-      at the last ``compile()`` (Keras keeps that state and warns at ``fit``);
-      the optimizer then does not track the change until ``compile()`` is called;
+      at the last ``compile()`` *and* a training step has already been traced
+      (``model.train_function is not None``). Keras 3.15.1 records the state at
+      ``compile()`` (``_compiled_trainable_state``) but does not warn (its warning
+      call sits after a ``raise`` and never runs). ``fit`` traces its training
+      step once and reuses it until ``compile()`` resets ``train_function``, so a
+      BN layer frozen after a ``fit`` keeps training (gamma, beta and the moving
+      statistics still change) in the next ``fit``; one frozen before the first
+      ``fit`` is frozen for real, and is not reported;
     - a BN layer called with ``training=True`` inside the model: calling the
       model without ``training=`` (``model(x)``) then normalises with batch
       statistics, so a prediction depends on the rest of the batch. (In Keras
       3.15 ``predict``/``evaluate`` pass ``training=False``, which overrides it.)
 
     Not detectable from the model: a custom loop that calls the model with
-    ``training=True`` at evaluation, or a layer frozen after the last ``fit``
-    on purpose; the report says so in an info finding.
+    ``training=True`` at evaluation. Not distinguishable: a layer frozen after
+    the last ``fit`` for inference only, with no ``fit`` to follow; it is
+    reported all the same (``compile()`` silences it). An uncompiled model
+    gets an info finding: its trainable changes cannot be checked.
     """
     findings = []
     state = getattr(model, "_compiled_trainable_state", None)
-    if state:
+    if state and getattr(model, "train_function", None) is not None:
         changed = [layer.name for layer in model._flatten_layers() if layer in state and state[layer] != layer.trainable]
         relevant = [name for name in changed if any(name == bn.name or name in path.split("/") for path, bn in bns)]
         if relevant:
-            evidence = {"trainable changed after compile": ", ".join(relevant)}
+            evidence = {"trainable changed after a fit, not recompiled": ", ".join(relevant)}
             findings.append(Finding("frozen_but_training", "warning", None, evidence, _FIX["frozen_but_training"]))
     for path, bn in bns:
         for node in getattr(bn, "_inbound_nodes", []):
