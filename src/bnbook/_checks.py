@@ -12,3 +12,14 @@ def check_int(value: object, what: str, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def require_columns(table: object, columns: tuple[str, ...]) -> None:
+    """``TypeError`` unless ``table`` is a DataFrame; ``ValueError`` naming the missing and present columns."""
+    import pandas as pd  # noqa: PLC0415
+
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table; present: {', '.join(map(str, table.columns))}")

@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from bnbook._checks import require_columns
 from bnbook.training import last_epoch
 
 __all__ = ["COLORS", "plot_curves", "plot_final", "use_style"]
@@ -32,14 +33,6 @@ def use_style() -> None:
             "font.size": 10,
         }
     )
-
-
-def _require(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"columns {missing} are not in the table; present: {', '.join(map(str, df.columns))}")
 
 
 def plot_curves(
@@ -68,7 +61,7 @@ def plot_curves(
         TypeError: ``results`` is not a DataFrame.
         ValueError: A column is missing.
     """
-    _require(results, (x, y, hue))
+    require_columns(results, (x, y, hue))
     if ax is None:
         _, ax = plt.subplots()
     for name, group in results.groupby(hue, sort=False):
@@ -108,7 +101,7 @@ def plot_final(
         TypeError: ``results`` is not a DataFrame.
         ValueError: A column is missing.
     """
-    _require(results, (y, hue, "epoch", "seed"))
+    require_columns(results, (y, hue, "epoch", "seed"))
     if ax is None:
         _, ax = plt.subplots()
     last = last_epoch(results, by=hue)

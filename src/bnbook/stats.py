@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from bnbook._checks import require_columns
+
 __all__ = [
     "MIN_SEEDS_FOR_VERDICT",
     "PairedComparison",
@@ -25,14 +27,6 @@ __all__ = [
 
 #: Fewer seeds than this: the comparison is exploratory, whatever its interval says.
 MIN_SEEDS_FOR_VERDICT = 10
-
-
-def _require(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"columns {missing} are not in the table; present: {', '.join(map(str, table.columns))}")
 
 
 def paired_differences(
@@ -60,7 +54,7 @@ def paired_differences(
         ValueError: A column is missing, ``a`` or ``b`` is not a group (the message lists
             the groups), ``a == b``, or the two groups were not run with the same seeds.
     """
-    _require(results, (by, "seed", metric))
+    require_columns(results, (by, "seed", metric))
     groups = list(dict.fromkeys(results[by]))
     for name in (a, b):
         if name not in groups:
