@@ -150,3 +150,19 @@ def test_bad_input():
         run_experiments({"a": 3}, [0], DATA, epochs=1)
     with pytest.raises(TypeError, match="returned str"):
         run_experiments({"a": lambda: "not a model"}, [0], DATA, epochs=1)
+
+
+def test_callbacks_are_fresh_per_run_and_can_stop_a_run():
+    made = []
+
+    class StopAfterOne(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    def callbacks():
+        made.append(StopAfterOne())
+        return [made[-1]]
+
+    results = run_experiments({"BN": lambda: _model(bn=True)}, [0, 1], DATA, epochs=3, batch_size=16, progress=False, callbacks=callbacks)
+    assert len(made) == 2 and made[0] is not made[1]
+    assert results.groupby("seed")["epoch"].max().tolist() == [1, 1]  # stopped after one epoch instead of 3

@@ -156,6 +156,7 @@ def run_experiments(
     progress: bool | None = None,
     keep_models: bool = False,
     reuse_graphs: bool = True,
+    callbacks: Callable[[], Sequence[keras.callbacks.Callback]] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, int], keras.Model]]:
     """Train every variant with every seed and return one tidy table.
 
@@ -183,6 +184,8 @@ def run_experiments(
             environment variable ``BNBOOK_QUIET`` is ``"1"``.
         keep_models: Also return the trained models, to inspect them afterwards.
         reuse_graphs: Reuse each variant's traced graph across seeds (see above).
+        callbacks: A function returning fresh Keras callbacks for each run (e.g. one
+            that stops at a target accuracy); runs may then have different lengths.
 
     Returns:
         A DataFrame with columns ``variant``, ``seed``, then those of :func:`train`;
@@ -227,7 +230,15 @@ def run_experiments(
                     traced[name] = fresh
                     if signature is not None:
                         by_signature.setdefault(signature, fresh)
-            table = train(model, x_train, y_train, epochs=epochs, batch_size=batch_size, validation_data=test)
+            table = train(
+                model,
+                x_train,
+                y_train,
+                epochs=epochs,
+                batch_size=batch_size,
+                validation_data=test,
+                callbacks=callbacks() if callbacks is not None else (),
+            )
             table.insert(0, "seed", seed)
             table.insert(0, "variant", name)
             runs.append(table)
