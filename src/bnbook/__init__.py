@@ -1,1 +1,21 @@
-"""Helper package of the batch-normalization book."""
+"""Helper package of the executable book on batch normalization in TensorFlow/Keras.
+
+Importing it first, before TensorFlow, silences TensorFlow's C++ log lines (the one
+place the book sets ``TF_CPP_MIN_LOG_LEVEL``). A chapter opens with::
+
+    import bnbook  # before TensorFlow
+
+    (x_train, y_train), (x_test, y_test) = bnbook.start_chapter(seed=0)
+
+and ends with ``bnbook.finish_chapter()``, which glues its run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+
+from bnbook.chapter import finish_chapter, start_chapter  # noqa: E402
+
+__all__ = ["finish_chapter", "start_chapter"]

@@ -9,13 +9,12 @@ its tables, the seed *used* is the shifted one.
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 
 import numpy as np
 
 from bnbook._checks import check_int
+from bnbook.quiet import quiet_tensorflow
 
 __all__ = ["SEED_OFFSET_VAR", "rng", "seed_offset", "set_up", "shifted"]
 
@@ -69,16 +68,6 @@ def rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(shifted(seed))
 
 
-def _quiet_tensorflow() -> None:
-    """Silence TensorFlow's Python and C++ loggers (best effort, before import)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import absl.logging  # noqa: PLC0415  (import after the environment variable)
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="keras")
-
-
 def set_up(seed: int = 0, *, deterministic: bool = True, quiet: bool = True) -> int:
     """Seed Python, NumPy and TensorFlow, and make TensorFlow deterministic and quiet.
 
@@ -103,7 +92,7 @@ def set_up(seed: int = 0, *, deterministic: bool = True, quiet: bool = True) -> 
     """
     used = shifted(seed)
     if quiet:
-        _quiet_tensorflow()
+        quiet_tensorflow()
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
