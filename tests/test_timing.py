@@ -49,5 +49,5 @@ def test_bad_input():
     with pytest.raises(ValueError, match="calls is empty"):
         interleaved_call_seconds({})
     uncompiled = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(TypeError, match="compiled keras.Model"):
+    with pytest.raises(ValueError, match="must be compiled"):
         interleaved_epoch_seconds({"m": uncompiled}, np.zeros((4, 4)), np.zeros(4))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -12,6 +14,14 @@ def check_int(value: object, what: str, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_model(model: Any, what: str = "model") -> None:
+    """``TypeError`` unless ``model`` is a ``keras.Model`` (Sequential, Functional or subclassed)."""
+    import keras  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{what} must be a keras.Model (Sequential, Functional or subclassed), got {type(model).__name__}")
 
 
 def require_columns(table: object, columns: tuple[str, ...]) -> None:

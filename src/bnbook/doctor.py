@@ -26,7 +26,7 @@ kind                       what it measures
                            can fold for inference
 =========================  ==========================================================
 
-The measurements reuse :mod:`bnbook.bn_stats` (the inputs of BN layers in both
+The measurements reuse :mod:`bnbook.probes` (the inputs of BN layers in both
 modes, precise re-estimation) and :func:`bnbook.folding.plan_folding`. A check that
 cannot run on a model (no labels, BN inside nested models, no batch size) is
 reported as such with severity ``"info"``; none is skipped silently.
@@ -56,10 +56,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook import bn_stats
-from bnbook._checks import check_int
+from bnbook import probes
+from bnbook._checks import check_int, check_model
 from bnbook.folding import plan_folding
-from bnbook.layers import BatchNorm
 
 __all__ = [
     "DROPOUT_RATIO",
@@ -111,7 +110,7 @@ _DROPOUT_TYPES = tuple(
     for name in ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout")
     if hasattr(keras.layers, name)
 )
-_BN_TYPES = (keras.layers.BatchNormalization, BatchNorm)
+_BN_TYPES = probes.BN_TYPES
 _LINEAR_TYPES = (
     keras.layers.Dense,
     keras.layers.Conv1D,
@@ -145,16 +144,16 @@ _FIX: dict[str, str] = {
     "never_updated": (
         "update the moving statistics during training (call the model with training=True, or assign the "
         "non-trainable variables stateless_call returns), or re-estimate them with "
-        "bn_stats.reestimate_bn_statistics; chapters 3 and 4"
+        "probes.reestimate_bn_statistics; chapters 3 and 4"
     ),
     "stale_statistics": (
-        "re-estimate the moving statistics on training data (bn_stats.reestimate_bn_statistics), train longer, "
+        "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics), train longer, "
         "or lower the momentum; chapter 4"
     ),
     "train_inference_gap": "remove the cause named in the evidence (see its own finding); chapters 4, 7 and 8",
     "dropout_variance_shift": (
         "move the dropout after the last BN layer, or re-estimate the BN statistics with dropout off "
-        "(bn_stats.reestimate_bn_statistics); chapter 7"
+        "(probes.reestimate_bn_statistics); chapter 7"
     ),
     "small_batch": (
         "use a larger batch, Batch Renormalization (renorm=True), Group or Layer Normalization, or "
@@ -275,8 +274,7 @@ def _walk(model: keras.Model, prefix: str = "") -> list[tuple[str, keras.layers.
 
 
 def _check_inputs(model: Any, x: Any, y: Any, batch_size: Any) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model (Sequential, Functional or subclassed), got {type(model).__name__}")
+    check_model(model)
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built: give it an Input or call it on data first")
     try:
@@ -334,12 +332,8 @@ def _loss_and_accuracy(outputs: np.ndarray, y: np.ndarray) -> tuple[float, float
 
 
 def _evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, training: bool) -> tuple[float, float | None, int]:
-    saved = [v.numpy() for v in model.non_trainable_variables]
-    try:
+    with probes.unchanged_state(model):
         outputs = _predict(model, x, batch_size, training)
-    finally:
-        for variable, value in zip(model.non_trainable_variables, saved):
-            variable.assign(value)
     loss, accuracy = _loss_and_accuracy(outputs, y)
     return loss, accuracy, len(outputs)
 
@@ -399,7 +393,7 @@ def _check_statistics(
 ) -> tuple[list[Finding], pd.DataFrame]:
     """``never_updated`` and ``stale_statistics``, from the population statistics of each BN input.
 
-    The population statistics are those :func:`bnbook.bn_stats.reestimate_bn_statistics`
+    The population statistics are those :func:`bnbook.probes.reestimate_bn_statistics`
     computes (inference mode, the earlier layers re-estimated); the model's moving
     statistics are restored afterwards. Per layer, over channels with a variance
     above 1e-8: ``var_ratio`` = median of moving_var / var and ``mean_shift`` =
@@ -427,22 +421,18 @@ def _check_statistics(
     (``dropout_variance_shift``), so there the moving variance is compared with
     the training-mode variance instead (``train_ratio``).
     """
-    saved = [v.numpy() for v in model.non_trainable_variables]
     before = [_moving(layer) for layer in layers]
     gain: dict[str, float] = {}
-    try:
+    with probes.unchanged_state(model):
         if y is not None:
             loss0, acc0, _ = _evaluate(model, x, y, 500, training=False)
-        population = bn_stats.reestimate_bn_statistics(model, x)
+        population = probes.reestimate_bn_statistics(model, x)
         if y is not None:
             loss1, acc1, _ = _evaluate(model, x, y, 500, training=False)
             gain = {"loss_now": loss0, "loss_reestimated": loss1}
             if acc0 is not None and acc1 is not None:
                 gain.update(accuracy_now=acc0, accuracy_reestimated=acc1)
-    finally:
-        for variable, value in zip(model.non_trainable_variables, saved):
-            variable.assign(value)
-    variances = bn_stats.bn_input_variances(model, x, batch_size=min(batch_size, len(x)))
+    variances = probes.bn_input_variances(model, x, batch_size=min(batch_size, len(x)))
     findings = []
     rows = []
     for layer, (moving_mean, moving_var) in zip(layers, before):
@@ -491,7 +481,7 @@ def _check_dropout(
 
     The evidence is ``ratio``, the median over channels of the BN input's
     inference-mode variance over its training-mode variance
-    (:func:`bnbook.bn_stats.bn_input_variances` for the training mode, the
+    (:func:`bnbook.probes.bn_input_variances` for the training mode, the
     re-estimated statistics of :func:`_check_statistics` for inference, so that
     stale statistics of earlier layers do not count as a shift). A warning when
     it is below :data:`DROPOUT_RATIO` = 0.8 (or above 1.25), otherwise info.
@@ -694,7 +684,7 @@ def diagnose(model: keras.Model, x: np.ndarray, y: np.ndarray | None = None, *, 
     variances = None
     probe_model, data_ok, reason = model, False, ""
     try:
-        bn_stats._bn_layers(model)
+        probes.probed_bn_layers(model)
         data_ok = True
     except ValueError as error:
         reason = str(error)
@@ -704,7 +694,7 @@ def diagnose(model: keras.Model, x: np.ndarray, y: np.ndarray | None = None, *, 
             try:
                 probe_model = keras.models.clone_model(model)
                 probe_model.set_weights(model.get_weights())
-                bn_stats._bn_layers(probe_model)
+                probes.probed_bn_layers(probe_model)
                 data_ok = True
             except (TypeError, ValueError) as clone_error:
                 reason = f"{reason} (and a clone fails: {clone_error})"

@@ -32,13 +32,13 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional  # the class of keras.Model(inputs, outputs)
 
-from bnbook.layers import BatchNorm
+from bnbook._checks import check_model
+from bnbook.probes import BN_TYPES
 
 __all__ = ["FoldDecision", "FoldingWarning", "fold_batchnorm", "folded_weights", "plan_folding"]
 
 L = keras.layers
-# Exact types only: a subclass may override call() and compute something else.
-BN_TYPES: tuple[type, ...] = (L.BatchNormalization, BatchNorm)
+# Exact types only (type(layer) in BN_TYPES): a subclass may override call() and compute something else.
 # For each layer BN can be folded into: the weight that holds the output channels and
 # where they are in it ("last" axis, "depthwise" (..., in, multiplier), "transposed" (..., out, in)).
 _FOLDABLE: dict[type, tuple[str, str]] = {
@@ -137,8 +137,7 @@ def _fold_into(producer: L.Layer, bn: L.Layer) -> dict[str, np.ndarray]:
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"fold_batchnorm needs a keras.Model (Sequential or Functional), got {type(model).__name__}")
+    check_model(model)
     if not model.built or (isinstance(model, keras.Sequential) and _graph(model) is None):
         raise ValueError("the model is not built: call it on data or give it an Input first")
     if _graph(model) is None:

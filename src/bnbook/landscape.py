@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from bnbook._checks import check_model
+
 __all__ = ["profile_along_gradient", "summarize_profile"]
 
 
@@ -63,8 +65,7 @@ def profile_along_gradient(
         ValueError: ``step_sizes`` is empty or has a negative value; the model has
             no trainable variables; ``x`` and ``y`` differ in length.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    check_model(model)
     if not isinstance(training, bool):
         raise TypeError(f"training must be True or False, got {training!r}")
     etas = [float(s) for s in step_sizes]

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from bnbook._checks import require_columns
-from bnbook.training import last_epoch
+from bnbook.experiments import last_epoch
 
 __all__ = ["COLORS", "plot_curves", "plot_final", "use_style"]
 
@@ -47,7 +47,7 @@ def plot_curves(
     """Plot ``y`` against ``x`` per ``hue`` group: the mean over seeds, and a min-max band.
 
     Args:
-        results: A tidy table (e.g. from ``bnbook.training.run_experiments``).
+        results: A tidy table (e.g. from ``bnbook.experiments.run_experiments``).
         y: Column on the vertical axis.
         x: Column on the horizontal axis.
         hue: Column whose groups get one line each.

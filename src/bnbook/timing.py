@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._checks import check_int
+from bnbook._checks import check_int, check_model
 
 __all__ = ["interleaved_call_seconds", "interleaved_epoch_seconds"]
 
@@ -45,8 +45,9 @@ def interleaved_epoch_seconds(
     if not models:
         raise ValueError("models is empty: pass {'name': compiled_model, ...}")
     for name, model in models.items():
-        if not isinstance(model, keras.Model) or not model.compiled:
-            raise TypeError(f"models[{name!r}] must be a compiled keras.Model, got {type(model).__name__}")
+        check_model(model, f"models[{name!r}]")
+        if not model.compiled:
+            raise ValueError(f"models[{name!r}] must be compiled first: call compile(optimizer=..., loss=...)")
     for model in models.values():
         model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
     times: dict[str, list[float]] = {name: [] for name in models}

@@ -1,0 +1,458 @@
+"""Look inside a model's BN layers: which they are, what they store, what they receive.
+
+One home for every measurement the chapters and :mod:`bnbook.doctor` make on BN layers
+(``keras.layers.BatchNormalization`` and :class:`bnbook.layers.BatchNorm`):
+
+- :func:`bn_layers` finds them (nested models included), :func:`probed_bn_layers`
+  those whose inputs can be measured, and :func:`layer_input_model` builds a model
+  that outputs their inputs;
+- :func:`channel_moments` is the per-channel mean and biased variance, over every axis
+  but the layer's ``axis`` (so channels-first layers are measured right);
+- :func:`unchanged_state` restores the moving statistics (and dropout's random
+  state) after a pass in training mode;
+- :func:`bn_variables` lists the variables, :func:`bn_input_variances` compares the
+  variance of each BN input in training and inference mode with the moving variance,
+  :func:`reestimate_bn_statistics` replaces the moving statistics by exact ones, and
+  :func:`batch_statistics_spread` measures how noisy batch statistics are per batch size.
+
+:func:`reestimate_bn_statistics` is Li et al.'s (2019) remedy for dropout's variance
+shift: the statistics are re-estimated for the inference network, with dropout off.
+It is not "precise BN" (Ioffe & Szegedy 2015, Algorithm 2; Wu & Johnson 2021, computed
+by hand in chapter 4), which averages the statistics of mini-batches passed in training
+mode: earlier BN layers on batch statistics and dropout active. Without dropout or other
+noise layers the two differ only in how the earlier BN layers normalise meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from bnbook._checks import check_int, check_model
+from bnbook.layers import BatchNorm
+from bnbook.reproducibility import shifted
+
+__all__ = [
+    "BN_TYPES",
+    "BN_VARIABLES",
+    "batch_statistics_spread",
+    "bn_input_variances",
+    "bn_layers",
+    "bn_variables",
+    "channel_moments",
+    "layer_input_model",
+    "probed_bn_layers",
+    "reestimate_bn_statistics",
+    "unchanged_state",
+]
+
+#: The layer classes the book treats as batch normalization.
+BN_TYPES: tuple[type, ...] = (keras.layers.BatchNormalization, BatchNorm)
+
+#: The variables a BN layer can have, in ``layer.weights`` order.
+BN_VARIABLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every BN layer of ``model`` (both classes), nested models included, depth first.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+    """
+    check_model(model)
+    found: list[keras.layers.Layer] = []
+
+    def walk(layers: Sequence[keras.layers.Layer]) -> None:
+        for layer in layers:
+            if isinstance(layer, BN_TYPES):
+                found.append(layer)
+            elif hasattr(layer, "layers"):
+                walk(layer.layers)
+
+    walk(model.layers)
+    return found
+
+
+def probed_bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The BN layers whose inputs :func:`layer_input_model` can output, or why not.
+
+    Those are the BN layers of a single-input model, top-level (not inside a nested
+    model) and called once, in the order of ``model.layers``.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: No BN layer, BN inside a nested model or called more than once,
+            or several model inputs (the message says which).
+    """
+    layers = bn_layers(model)
+    if not layers:
+        raise ValueError("the model has no BN layer (keras.layers.BatchNormalization or bnbook.layers.BatchNorm)")
+    top = [layer for layer in model.layers if isinstance(layer, BN_TYPES)]
+    nested = [layer.name for layer in model.layers if not isinstance(layer, BN_TYPES) and _contains_bn(layer)]
+    if nested:
+        raise ValueError(
+            f"BN layers inside nested models ({', '.join(nested)}) are not supported: "
+            "build the model with its BN layers at the top level"
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
+    for layer in top:
+        calls = len(getattr(layer, "_inbound_nodes", [None]))
+        if calls != 1:
+            raise ValueError(f"BN layer {layer.name!r} must be called exactly once in the model, not {calls} times")
+    return top
+
+
+def _contains_bn(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is a BN layer or a model that contains one."""
+    if isinstance(layer, BN_TYPES):
+        return True
+    return isinstance(layer, keras.Model) and bool(bn_layers(layer))
+
+
+def layer_input_model(model: keras.Model, layers: Sequence[keras.layers.Layer]) -> keras.Model:
+    """A model from ``model``'s input to the inputs of ``layers`` (it shares their weights).
+
+    Called, it returns one tensor per layer in a list (Keras returns a single tensor,
+    not a list, when there is one layer).
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: ``layers`` is empty, the model has several inputs, or a layer is not
+            a top-level layer of ``model`` called once.
+    """
+    check_model(model)
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty: pass the layers whose inputs to output")
+    if len(model.inputs) != 1:
+        raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
+    for layer in layers:
+        if layer not in model.layers:
+            raise ValueError(f"layer {layer.name!r} is not a top-level layer of model {model.name!r} (nested?)")
+        calls = len(getattr(layer, "_inbound_nodes", [None]))
+        if calls != 1:
+            raise ValueError(f"layer {layer.name!r} must be called exactly once in the model, not {calls} times")
+    return keras.Model(model.inputs[0], [layer.input for layer in layers])
+
+
+def _outputs(probe: keras.Model, x: np.ndarray, training: bool) -> list[np.ndarray]:
+    outputs = probe(x, training=training)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [keras.ops.convert_to_numpy(values) for values in outputs]
+
+
+def _channel_rows(values: np.ndarray, axis: int) -> np.ndarray:
+    """Reshape to (samples, channels), the channels being ``axis``, in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 2:
+        raise ValueError(f"values must have a batch axis and a channel axis, got shape {values.shape}")
+    axis = check_int(axis, "axis")
+    if not -values.ndim <= axis < values.ndim:
+        raise ValueError(f"axis {axis} is out of range for values of shape {values.shape}")
+    return np.moveaxis(values, axis % values.ndim, -1).reshape(-1, values.shape[axis])
+
+
+def channel_moments(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance (divide by N) over every axis but ``axis``.
+
+    This is what BN computes for a layer with that ``axis``: for a Dense output
+    ``(N, C)`` over the batch, for a channels-last image ``(N, H, W, C)`` over the
+    batch and the positions. Computed in float64.
+
+    Raises:
+        TypeError: ``axis`` is not an int.
+        ValueError: ``values`` has fewer than 2 axes, or ``axis`` is out of range.
+    """
+    rows = _channel_rows(values, axis)
+    return rows.mean(axis=0), rows.var(axis=0)
+
+
+class _Moments:
+    """Per-channel mean and biased variance, merged batch by batch (Chan et al.'s rule)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = np.zeros(0)
+        self.m2 = np.zeros(0)
+
+    def add(self, rows: np.ndarray) -> None:
+        n, mean = len(rows), rows.mean(axis=0)
+        m2 = ((rows - mean) ** 2).sum(axis=0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / self.count
+
+
+@contextlib.contextmanager
+def unchanged_state(model: keras.Model) -> Iterator[keras.Model]:
+    """Restore every non-trainable variable of ``model`` when the block ends.
+
+    Inside the block, passes in training mode may update the BN layers' moving
+    statistics and advance dropout's random-generator state; afterwards both are as
+    they were (also when the block raises). Trainable weights are not restored.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+    """
+    check_model(model)
+    saved = [variable.numpy() for variable in model.non_trainable_variables]
+    try:
+        yield model
+    finally:
+        for variable, value in zip(model.non_trainable_variables, saved):
+            variable.assign(value)
+
+
+def _check_data(x: object, batch_size: int) -> tuple[np.ndarray, int]:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a NumPy array of model inputs, got {type(x).__name__}")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if len(x) < 2:
+        raise ValueError(f"x must hold at least 2 examples to give a variance, got {len(x)}")
+    return x, batch_size
+
+
+def bn_variables(model: keras.Model) -> pd.DataFrame:
+    """List the variables of every BN layer of a built model, one row per variable.
+
+    Args:
+        model: A built Keras model (nested models are searched too).
+
+    Returns:
+        A DataFrame with columns ``layer`` (the layer's name), ``variable`` (the
+        variable's name, e.g. ``"gamma"``), ``path`` (its unique path, e.g.
+        ``"net/bn/gamma"``), ``shape`` (a tuple), ``size`` (number of values) and
+        ``trainable`` (bool, as Keras reports it).
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: The model has no BN layer, or is not built yet.
+    """
+    layers = bn_layers(model)
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no BN layer (keras.layers.BatchNormalization or bnbook.layers.BatchNorm)")
+    rows = []
+    for layer in layers:
+        if not layer.built:
+            raise ValueError(f"BN layer {layer.name!r} is not built: call the model on data or build it first")
+        for variable in layer.weights:
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "variable": variable.name,
+                    "path": variable.path,
+                    "shape": tuple(int(d) for d in variable.shape),
+                    "size": int(np.prod(variable.shape)),
+                    "trainable": bool(variable.trainable),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def reestimate_bn_statistics(
+    model: keras.Model, x: np.ndarray, *, batch_size: int = 500
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Set every BN layer's moving statistics to the exact ones of its input over ``x``.
+
+    The statistics are re-estimated for the inference network, with dropout off
+    (Li et al.'s remedy for the variance shift, not training-mode precise BN: see the
+    module docstring). The weights stay as they are, and, layer by layer in the order
+    of ``model.layers``, each BN layer's ``moving_mean`` and ``moving_variance`` become
+    the per-channel mean and biased variance (divide by N, as Keras stores it) of that
+    layer's input over all of ``x``, computed in inference mode: dropout off, and the
+    earlier BN layers already using their re-estimated statistics. Afterwards each BN
+    layer normalises with the statistics of exactly what it receives at inference on ``x``.
+
+    Args:
+        model: A single-input Keras model with top-level BN layers.
+        x: Model inputs, e.g. the training images; at least 2 examples.
+        batch_size: Examples per forward pass (memory only: inference mode does not
+            depend on it).
+
+    Returns:
+        ``{layer name: (moving_mean, moving_variance)}``, the new values as float32
+        arrays, in layer order.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array, or
+            ``batch_size`` not an int.
+        ValueError: As :func:`probed_bn_layers`, fewer than 2 examples, or ``batch_size`` < 1.
+    """
+    layers = probed_bn_layers(model)
+    x, batch_size = _check_data(x, batch_size)
+    new: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for layer in layers:
+        probe = layer_input_model(model, [layer])
+        moments = _Moments()
+        for start in range(0, len(x), batch_size):
+            (values,) = _outputs(probe, x[start : start + batch_size], training=False)
+            moments.add(_channel_rows(values, layer.axis))
+        mean, variance = moments.mean.astype(np.float32), moments.variance.astype(np.float32)
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+        new[layer.name] = (mean, variance)
+    return new
+
+
+def bn_input_variances(model: keras.Model, x: np.ndarray, *, batch_size: int = 64) -> pd.DataFrame:
+    """The variance each BN layer's input has in training and in inference mode.
+
+    For every BN layer and channel:
+
+    - ``train_variance``: ``x`` is cut into consecutive batches of ``batch_size`` (a
+      last, smaller batch is left out) and passed in training mode: dropout and other
+      noise layers active, earlier BN layers normalising with the batch statistics.
+      It is the mean over batches of the biased batch variance of the layer's input,
+      the quantity whose moving average training stores in ``moving_variance``.
+    - ``inference_variance``: the biased variance of the layer's input over all of
+      ``x`` in inference mode (dropout off, moving statistics): what the layer
+      actually receives at test time.
+    - ``moving_variance``: the layer's current moving variance.
+
+    The model is left exactly as it was (:func:`unchanged_state`).
+
+    Args:
+        model: A single-input Keras model with top-level BN layers.
+        x: Model inputs; at least ``batch_size`` examples (and at least 2).
+        batch_size: The training batch size whose statistics BN saw.
+
+    Returns:
+        One row per (layer, channel), columns ``layer``, ``channel``,
+        ``train_variance``, ``inference_variance``, ``moving_variance``; layers in the
+        order of ``model.layers``.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array, or
+            ``batch_size`` not an int.
+        ValueError: As :func:`reestimate_bn_statistics`, or fewer than ``batch_size`` examples.
+    """
+    layers = probed_bn_layers(model)
+    x, batch_size = _check_data(x, batch_size)
+    if len(x) < batch_size:
+        raise ValueError(f"x has {len(x)} examples, fewer than one batch of batch_size={batch_size}")
+    probe = layer_input_model(model, layers)
+    per_batch: list[list[np.ndarray]] = [[] for _ in layers]
+    with unchanged_state(model):
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            outputs = _outputs(probe, x[start : start + batch_size], training=True)
+            for i, (layer, values) in enumerate(zip(layers, outputs)):
+                per_batch[i].append(_channel_rows(values, layer.axis).var(axis=0))
+    moments = [_Moments() for _ in layers]
+    step = max(batch_size, 500)
+    for start in range(0, len(x), step):
+        outputs = _outputs(probe, x[start : start + step], training=False)
+        for i, (layer, values) in enumerate(zip(layers, outputs)):
+            moments[i].add(_channel_rows(values, layer.axis))
+    tables = []
+    for layer, batches, inference in zip(layers, per_batch, moments):
+        train = np.mean(batches, axis=0)
+        tables.append(
+            pd.DataFrame(
+                {
+                    "layer": layer.name,
+                    "channel": np.arange(len(train)),
+                    "train_variance": train,
+                    "inference_variance": inference.variance,
+                    "moving_variance": keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64),
+                }
+            )
+        )
+    return pd.concat(tables, ignore_index=True)
+
+
+def batch_statistics_spread(
+    features: np.ndarray,
+    batch_sizes: Sequence[int],
+    *,
+    n_batches: int = 200,
+    seed: int = 0,
+    axis: int = -1,
+) -> pd.DataFrame:
+    """Spread of BN's batch mean and variance around the whole data's, per batch size.
+
+    ``features`` has the examples on the first axis and the channels (what BN
+    normalises separately) on ``axis``; any other axes (image height, width) are
+    pooled with the examples, as BN does for convolution outputs. For each batch
+    size, ``n_batches`` batches are drawn at random (examples without replacement
+    within a batch), and for every batch and channel the errors
+
+    - of the mean, in units of the channel's standard deviation: ``(batch mean - mean) / std``;
+    - of the (biased) variance, relative: ``batch variance / variance - 1``
+
+    are computed against the statistics of all of ``features``. Their root mean square
+    over batches and channels is reported. For independent values the first is
+    ``1 / sqrt(n)`` with ``n`` values per channel in a batch.
+
+    Args:
+        features: Array of shape ``(N, C)`` or ``(N, ..., C)``; every channel must vary.
+        batch_sizes: Batch sizes to measure, each in ``[1, N]``.
+        n_batches: Random batches per batch size, >= 1.
+        seed: Seed of the batch draws (``BNBOOK_SEED_OFFSET`` is added).
+        axis: The channel axis (not 0, the examples' axis).
+
+    Returns:
+        One row per batch size (index ``batch_size``), columns ``mean_error`` and
+        ``variance_error`` (root mean squares, as above).
+
+    Raises:
+        TypeError: A batch size, ``n_batches``, ``seed`` or ``axis`` is not an int.
+        ValueError: ``features`` has fewer than 2 axes, ``axis`` is the examples' axis
+            or out of range, a channel has zero variance, ``batch_sizes`` is empty, or a
+            batch size is outside ``[1, N]``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"features must have shape (N, C) or (N, ..., C), got shape {x.shape}")
+    axis = check_int(axis, "axis")
+    if not -x.ndim <= axis < x.ndim or axis % x.ndim == 0:
+        raise ValueError(f"axis must be a channel axis of features of shape {x.shape}: 1 to {x.ndim - 1} or -1; got {axis}")
+    n_examples = x.shape[0]
+    if len(batch_sizes) == 0:
+        raise ValueError("batch_sizes is empty: pass e.g. [2, 8, 32]")
+    sizes = [check_int(b, "batch size", minimum=1) for b in batch_sizes]
+    too_big = [b for b in sizes if b > n_examples]
+    if too_big:
+        raise ValueError(f"batch sizes {too_big} exceed the {n_examples} examples; accepted: 1 to {n_examples}")
+    n_batches = check_int(n_batches, "n_batches", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+
+    per_example = np.moveaxis(x, axis % x.ndim, -1).reshape(n_examples, -1, x.shape[axis])  # (N, values, C)
+    values_per_example = per_example.shape[1]
+    sums = per_example.sum(axis=1)  # (N, C)
+    squares = (per_example**2).sum(axis=1)
+    mean, variance = channel_moments(per_example.reshape(-1, x.shape[axis]))
+    if np.any(variance <= 0):
+        raise ValueError(f"channels {np.flatnonzero(variance <= 0).tolist()} have zero variance: nothing to normalise")
+
+    rng = np.random.default_rng(shifted(seed))  # honours BNBOOK_SEED_OFFSET
+    rows = []
+    for size in sizes:
+        # Each row of `picks`: one batch, `size` distinct examples.
+        picks = np.stack([rng.choice(n_examples, size, replace=False) for _ in range(n_batches)])
+        count = size * values_per_example
+        batch_mean = sums[picks].sum(axis=1) / count  # (n_batches, C)
+        batch_variance = squares[picks].sum(axis=1) / count - batch_mean**2
+        mean_error = (batch_mean - mean) / np.sqrt(variance)
+        variance_error = batch_variance / variance - 1.0
+        rows.append(
+            {
+                "batch_size": size,
+                "mean_error": float(np.sqrt(np.mean(mean_error**2))),
+                "variance_error": float(np.sqrt(np.mean(variance_error**2))),
+            }
+        )
+    return pd.DataFrame(rows).set_index("batch_size")

@@ -1,0 +1,351 @@
+"""bnbook.probes: finding BN layers, their variables, their inputs' moments, re-estimation, batch noise."""
+
+import keras
+import numpy as np
+import pytest
+
+from bnbook.probes import (
+    BN_TYPES,
+    batch_statistics_spread,
+    bn_input_variances,
+    bn_layers,
+    bn_variables,
+    channel_moments,
+    layer_input_model,
+    probed_bn_layers,
+    reestimate_bn_statistics,
+    unchanged_state,
+)
+from bnbook.layers import BatchNorm
+from bnbook.reproducibility import set_up
+
+L = keras.layers
+
+
+def _randomise(model, rng):
+    """Non-trivial weights, biases and BN parameters/statistics, as after training."""
+    for layer in model.layers:
+        for variable in layer.weights:
+            if "seed_generator" in variable.path:
+                continue
+            shape = tuple(variable.shape)
+            if "variance" in variable.path:
+                variable.assign(rng.uniform(0.5, 2.0, size=shape).astype("float32"))
+            else:
+                variable.assign(rng.normal(0.3, 1.0, size=shape).astype("float32"))
+
+
+def _bn_numpy(z, layer, mean, var):
+    gamma, beta = layer.gamma.numpy(), layer.beta.numpy()
+    return (z - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
+
+
+def _mlp(bn_class=L.BatchNormalization, dropout=0.0):
+    set_up(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(5, name="dense1"),
+            bn_class(name="bn1"),
+            L.Activation("relu"),
+            L.Dropout(dropout),
+            L.Dense(4, name="dense2"),
+            bn_class(name="bn2"),
+        ]
+    )
+    _randomise(model, np.random.default_rng(1))
+    return model
+
+
+def _numpy_forward(model, x, training_batches=None):
+    """The inputs of bn1 and bn2, inference mode, computed with NumPy."""
+    d1, bn1, d2 = (model.get_layer(n) for n in ("dense1", "bn1", "dense2"))
+    z1 = x @ d1.kernel.numpy() + d1.bias.numpy()
+    if training_batches is None:
+        h = _bn_numpy(z1, bn1, bn1.moving_mean.numpy(), bn1.moving_variance.numpy())
+    else:
+        h = np.concatenate([_bn_numpy(b, bn1, b.mean(0), b.var(0)) for b in np.split(z1, training_batches)])
+    z2 = np.maximum(h, 0) @ d2.kernel.numpy() + d2.bias.numpy()
+    return z1, z2
+
+
+X = np.random.default_rng(2).normal(1.0, 2.0, size=(300, 6)).astype("float32")
+
+
+@pytest.mark.parametrize("bn_class", [L.BatchNormalization, BatchNorm])
+def test_reestimate_matches_numpy_layer_by_layer(bn_class):
+    model = _mlp(bn_class, dropout=0.5)
+    new = reestimate_bn_statistics(model, X, batch_size=64)  # 64 does not divide 300
+    assert list(new) == ["bn1", "bn2"]
+    # bn1's input does not depend on any BN; bn2's uses bn1's *new* statistics.
+    z1 = X @ model.get_layer("dense1").kernel.numpy() + model.get_layer("dense1").bias.numpy()
+    np.testing.assert_allclose(model.get_layer("bn1").moving_mean.numpy(), z1.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn1").moving_variance.numpy(), z1.var(0), rtol=1e-4)
+    _, z2 = _numpy_forward(model, X)
+    np.testing.assert_allclose(model.get_layer("bn2").moving_mean.numpy(), z2.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.get_layer("bn2").moving_variance.numpy(), z2.var(0), rtol=1e-4)
+    np.testing.assert_array_equal(new["bn2"][1], model.get_layer("bn2").moving_variance.numpy())
+    # Weights untouched: re-estimating twice gives the same statistics.
+    again = reestimate_bn_statistics(model, X, batch_size=300)
+    np.testing.assert_allclose(again["bn2"][1], new["bn2"][1], rtol=1e-5)
+
+
+def test_reestimate_conv_channels():
+    set_up(0)
+    model = keras.Sequential([keras.Input((5, 5, 2)), L.Conv2D(3, 3, name="conv"), L.BatchNormalization(name="bn")])
+    _randomise(model, np.random.default_rng(3))
+    x = np.random.default_rng(4).normal(size=(40, 5, 5, 2)).astype("float32")
+    reestimate_bn_statistics(model, x, batch_size=7)
+    z = keras.Model(model.inputs[0], model.get_layer("conv").output)(x).numpy()  # (40, 3, 3, 3)
+    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(), z.mean(axis=(0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn").moving_variance.numpy(), z.var(axis=(0, 1, 2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bn_class", [L.BatchNormalization, BatchNorm])
+def test_variances_without_dropout_match_numpy(bn_class):
+    model = _mlp(bn_class, dropout=0.0)
+    table = bn_input_variances(model, X, batch_size=100)
+    assert list(table.columns) == ["layer", "channel", "train_variance", "inference_variance", "moving_variance"]
+    assert table["layer"].tolist() == ["bn1"] * 5 + ["bn2"] * 4
+    z1, z2 = _numpy_forward(model, X)
+    t1, t2 = _numpy_forward(model, X, training_batches=3)  # 3 batches of 100
+    bn1, bn2 = table[table["layer"] == "bn1"], table[table["layer"] == "bn2"]
+    np.testing.assert_allclose(bn1["inference_variance"], z1.var(0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["inference_variance"], z2.var(0), rtol=1e-4)
+    np.testing.assert_allclose(bn1["train_variance"], np.mean([b.var(0) for b in np.split(t1, 3)], 0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["train_variance"], np.mean([b.var(0) for b in np.split(t2, 3)], 0), rtol=1e-4)
+    np.testing.assert_allclose(bn2["moving_variance"], model.get_layer("bn2").moving_variance.numpy())
+
+
+def test_variances_leave_the_model_unchanged_and_drop_a_partial_batch():
+    model = _mlp(dropout=0.5)
+    before = [v.numpy().copy() for v in model.variables]
+    first = bn_input_variances(model, X, batch_size=128)  # 2 full batches, 44 left out
+    second = bn_input_variances(model, X[:256], batch_size=128)
+    for old, variable in zip(before, model.variables):
+        np.testing.assert_array_equal(old, variable.numpy())
+    np.testing.assert_allclose(first["train_variance"], second["train_variance"], rtol=1e-6)
+
+
+def test_dropout_variance_shift_follows_the_formula():
+    # Dropout(rate) -> BN on a unit with mean c and variance v: in training BN sees
+    # (1/p)(c^2 + v) - c^2, at inference v (Li et al. 2019).
+    set_up(0)
+    c, v, rate = 1.5, 0.5, 0.4
+    p = 1 - rate
+    model = keras.Sequential([keras.Input((8,)), L.Dropout(rate), L.BatchNormalization(name="bn")])
+    x = (c + np.sqrt(v) * np.random.default_rng(5).normal(size=(40_000, 8))).astype("float32")
+    table = bn_input_variances(model, x, batch_size=1000)
+    expected_train = ((c**2 + v) / p - c**2) * (1000 - 1) / 1000  # biased batch variance
+    np.testing.assert_allclose(table["inference_variance"], x.var(0), rtol=1e-4)
+    assert abs(table["train_variance"].mean() / expected_train - 1) < 0.01
+    np.testing.assert_allclose(table["moving_variance"], 1.0)  # untouched
+
+
+def test_bad_inputs():
+    model = _mlp()
+    with pytest.raises(TypeError, match="keras.Model"):
+        bn_input_variances("model", X)
+    with pytest.raises(TypeError, match="NumPy array"):
+        reestimate_bn_statistics(model, X.tolist())
+    with pytest.raises(TypeError, match="batch_size"):
+        reestimate_bn_statistics(model, X, batch_size=2.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        bn_input_variances(model, X, batch_size=0)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        bn_input_variances(model, X[:10], batch_size=64)
+    with pytest.raises(ValueError, match="at least 2"):
+        reestimate_bn_statistics(model, X[:1])
+    no_bn = keras.Sequential([keras.Input((6,)), L.Dense(2)])
+    with pytest.raises(ValueError, match="no BN layer"):
+        reestimate_bn_statistics(no_bn, X)
+    outer = keras.Sequential([keras.Input((6,)), model, L.Dense(2)])
+    with pytest.raises(ValueError, match="nested"):
+        bn_input_variances(outer, X)
+    shared = L.BatchNormalization(name="shared")
+    inputs = keras.Input((6,))
+    twice = keras.Model(inputs, shared(shared(inputs)))
+    with pytest.raises(ValueError, match="exactly once"):
+        reestimate_bn_statistics(twice, X)
+
+
+def test_after_reestimation_moving_variance_is_the_inference_variance():
+    model = _mlp(dropout=0.5)
+    reestimate_bn_statistics(model, X, batch_size=50)
+    table = bn_input_variances(model, X, batch_size=100)
+    np.testing.assert_allclose(table["moving_variance"], table["inference_variance"], rtol=1e-4)
+
+
+def _two_bn_model(momentum: float = 0.5) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(4, use_bias=False, name="dense"),
+            L.BatchNormalization(momentum=momentum, name="bn1"),
+            L.Activation("relu"),
+            L.Dense(3, use_bias=False, name="dense2"),
+            L.BatchNormalization(center=False, name="bn2"),
+            L.Dense(2, activation="softmax", name="head"),
+        ],
+        name="net",
+    )
+
+
+def test_bn_variables_lists_names_shapes_and_trainability():
+    model = _two_bn_model()
+    table = bn_variables(model)
+    assert list(table["variable"]) == [
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
+        "gamma",
+        "moving_mean",
+        "moving_variance",
+    ]
+    assert list(table["layer"]) == ["bn1"] * 4 + ["bn2"] * 3
+    assert table["path"].iloc[0] == "net/bn1/gamma"
+    assert list(table["trainable"]) == [True, True, False, False, True, False, False]
+    assert list(table["shape"]) == [(4,)] * 4 + [(3,)] * 3
+    bn_total = sum(layer.count_params() for layer in bn_layers(model))
+    assert table["size"].sum() == bn_total == 4 * 4 + 3 * 3
+
+
+def test_bn_layers_finds_nested_models():
+    inner = _two_bn_model()
+    outer = keras.Sequential([keras.Input((6,)), inner, L.Dense(1)])
+    assert [layer.name for layer in bn_layers(outer)] == ["bn1", "bn2"]
+    assert len(bn_variables(outer)) == 7
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(TypeError, match="keras.Model"):
+        bn_variables("not a model")
+    plain = keras.Sequential([keras.Input((3,)), L.Dense(2)], name="plain")
+    with pytest.raises(ValueError, match="no BN layer"):
+        bn_variables(plain)
+
+
+rng = np.random.default_rng(0)
+GAUSS = rng.normal(loc=3.0, scale=2.0, size=(20000, 4))
+
+
+def test_spread_of_independent_values_follows_the_textbook_formulas():
+    sizes = [2, 8, 32, 128]
+    table = batch_statistics_spread(GAUSS, sizes, n_batches=2000, seed=1)
+    assert table.index.tolist() == sizes
+    b = np.array(sizes, dtype=float)
+    # Mean of b independent values: error std 1/sqrt(b).
+    np.testing.assert_allclose(table["mean_error"], 1 / np.sqrt(b), rtol=0.05)
+    # Biased variance of b Gaussian values, relative: bias -1/b, variance 2(b-1)/b^2.
+    np.testing.assert_allclose(table["variance_error"], np.sqrt(2 * b - 1) / b, rtol=0.05)
+
+
+def test_spread_matches_a_direct_numpy_computation_with_the_same_draws():
+    x = rng.normal(size=(50, 3, 3, 2))
+    table = batch_statistics_spread(x, [5], n_batches=7, seed=3)
+    draws = np.random.default_rng(3)
+    picks = [draws.choice(50, 5, replace=False) for _ in range(7)]
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    mean_errors, var_errors = [], []
+    for batch in picks:
+        values = x[batch]  # BN pools examples, height and width per channel
+        mean_errors.append((values.mean(axis=(0, 1, 2)) - mean) / np.sqrt(var))
+        var_errors.append(values.var(axis=(0, 1, 2)) / var - 1)
+    assert table.loc[5, "mean_error"] == pytest.approx(np.sqrt(np.mean(np.square(mean_errors))), rel=1e-9)
+    assert table.loc[5, "variance_error"] == pytest.approx(np.sqrt(np.mean(np.square(var_errors))), rel=1e-9)
+
+
+def test_a_batch_of_all_examples_has_no_error():
+    table = batch_statistics_spread(GAUSS[:100], [100], n_batches=3)
+    assert table.loc[100].abs().max() < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((GAUSS[:, 0], [2]), {}, ValueError, "shape"),
+        ((GAUSS[:10], []), {}, ValueError, "empty"),
+        ((GAUSS[:10], [11]), {}, ValueError, "1 to 10"),
+        ((GAUSS[:10], [0]), {}, ValueError, "batch size"),
+        ((GAUSS[:10], [2.5]), {}, TypeError, "batch size"),
+        ((GAUSS[:10], [2]), {"n_batches": 0}, ValueError, "n_batches"),
+        ((np.ones((10, 2)), [2]), {}, ValueError, "zero variance"),
+    ],
+)
+def test_spread_refuses_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        batch_statistics_spread(*args, **kwargs)
+
+
+def test_bn_layers_knows_both_classes_and_probed_layers_say_why_not():
+    model = keras.Sequential([keras.Input((6,)), L.Dense(4), BatchNorm(name="mine"), L.BatchNormalization(name="keras")])
+    assert [layer.name for layer in bn_layers(model)] == ["mine", "keras"]
+    assert probed_bn_layers(model) == bn_layers(model)
+    assert BN_TYPES == (L.BatchNormalization, BatchNorm)
+    outer = keras.Sequential([keras.Input((6,)), _two_bn_model(), L.Dense(1)])
+    with pytest.raises(ValueError, match="nested"):
+        probed_bn_layers(outer)
+    with pytest.raises(ValueError, match="no BN layer"):
+        probed_bn_layers(keras.Sequential([keras.Input((3,)), L.Dense(2)]))
+    with pytest.raises(TypeError, match="keras.Model"):
+        bn_layers([L.BatchNormalization()])
+
+
+def test_layer_input_model_outputs_each_layers_input():
+    model = _two_bn_model()
+    probe = layer_input_model(model, [model.get_layer("bn1"), model.get_layer("bn2")])
+    x = rng.normal(size=(5, 6)).astype("float32")
+    first, second = probe(x)
+    np.testing.assert_allclose(first, model.get_layer("dense")(x), rtol=1e-6)
+    assert second.shape == (5, 3)
+    with pytest.raises(ValueError, match="empty"):
+        layer_input_model(model, [])
+    outer = keras.Sequential([keras.Input((6,)), model, L.Dense(1)])
+    with pytest.raises(ValueError, match="not a top-level layer"):
+        layer_input_model(outer, [model.get_layer("bn1")])
+
+
+def test_channel_moments_respect_the_axis():
+    x = rng.normal(size=(4, 3, 5, 5))  # channels first: 3 channels on axis 1
+    mean, var = channel_moments(x, axis=1)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(var, x.var(axis=(0, 2, 3)))
+    layer = L.BatchNormalization(axis=1, epsilon=0.0, momentum=0.0)
+    layer(x.astype("float32"), training=True)  # momentum 0: the moving statistics become the batch's
+    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-4)
+    with pytest.raises(ValueError, match="out of range"):
+        channel_moments(x, axis=4)
+    with pytest.raises(ValueError, match="channel axis"):
+        channel_moments(np.ones(3))
+    with pytest.raises(TypeError, match="axis"):
+        channel_moments(x, axis=1.0)
+
+
+def test_unchanged_state_restores_moving_statistics_even_on_error():
+    model = _two_bn_model(momentum=0.0)
+    x = rng.normal(3.0, 2.0, size=(16, 6)).astype("float32")
+    before = [v.numpy() for v in model.non_trainable_variables]
+    with unchanged_state(model):
+        model(x, training=True)
+        assert not np.allclose(model.get_layer("bn1").moving_mean.numpy(), before[0])
+    for variable, value in zip(model.non_trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    with pytest.raises(RuntimeError):
+        with unchanged_state(model):
+            model(x, training=True)
+            raise RuntimeError("inside")
+    np.testing.assert_array_equal(model.non_trainable_variables[0].numpy(), before[0])
+    with pytest.raises(TypeError, match="keras.Model"):
+        with unchanged_state("model"):
+            pass
+
+
+def test_spread_honours_a_channels_first_axis():
+    x = rng.normal(size=(40, 2, 3, 3))
+    first = batch_statistics_spread(x, [4], n_batches=5, seed=2, axis=1)
+    last = batch_statistics_spread(np.moveaxis(x, 1, -1), [4], n_batches=5, seed=2)
+    np.testing.assert_allclose(first.to_numpy(), last.to_numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match="channel axis"):
+        batch_statistics_spread(x, [4], axis=0)
