@@ -1,6 +1,7 @@
-"""Shared fixtures: quiet TensorFlow before anything imports it."""
+"""Shared set-up: quiet TensorFlow before anything imports it (importing bnbook does), CPU only."""
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import bnbook  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
+
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")

@@ -12,7 +12,7 @@ from bnbook.devices import split_cpu
 
 def _run(code: str) -> str:
     """Run ``code`` in a fresh Python process; return its stdout (fail on a non-zero exit)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}  # quiet logs: conftest imported bnbook
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True, env=env, timeout=120
     )

@@ -12,9 +12,9 @@ and ends with ``bnbook.finish_chapter()``, which glues its run time.
 
 from __future__ import annotations
 
-import os
+from bnbook.quiet import quiet_cpp_logs
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+quiet_cpp_logs()  # before anything imports TensorFlow
 
 from bnbook.chapter import finish_chapter, start_chapter  # noqa: E402
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 from bnbook.data import Split, dataset_name, load
-from bnbook.plotting import use_style
 from bnbook.reproducibility import set_up
 
 __all__ = ["finish_chapter", "start_chapter"]
@@ -44,6 +43,8 @@ def start_chapter(seed: int = 0, *, flatten: bool = False, deterministic: bool =
         raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     label = set_up(seed, deterministic=deterministic)
     _started = time.perf_counter()
+    from bnbook.plotting import use_style  # noqa: PLC0415  (keeps `import bnbook` light: no TensorFlow)
+
     use_style()
     name = dataset_name()
     data = load(name, flatten=flatten)
@@ -58,8 +59,8 @@ def start_chapter(seed: int = 0, *, flatten: bool = False, deterministic: bool =
     return data
 
 
-def finish_chapter(name: str = "runtime_s") -> float:
-    """Glue the seconds since :func:`start_chapter` as ``name`` (for ``{glue:text}``) and return them.
+def finish_chapter(name: str = "runtime_s") -> None:
+    """Glue the seconds since :func:`start_chapter` as ``name`` (for ``{glue:text}``); show nothing.
 
     Raises:
         TypeError: ``name`` is not a str.
@@ -71,6 +72,4 @@ def finish_chapter(name: str = "runtime_s") -> float:
         raise RuntimeError("finish_chapter() needs start_chapter() first, in the same kernel")
     from myst_nb import glue  # noqa: PLC0415  (a book dependency, not the package's)
 
-    seconds = time.perf_counter() - _started
-    glue(name, seconds, display=False)
-    return seconds
+    glue(name, time.perf_counter() - _started, display=False)

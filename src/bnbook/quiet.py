@@ -11,15 +11,23 @@ import logging
 import os
 import warnings
 
-__all__ = ["QUIET_ENV_VAR", "quiet_tensorflow", "show_progress"]
+__all__ = ["QUIET_ENV_VAR", "TF_LOG_LEVEL", "quiet_cpp_logs", "quiet_tensorflow", "show_progress"]
 
 #: When this environment variable is "1", helpers print no progress lines.
 QUIET_ENV_VAR = "BNBOOK_QUIET"
 
+#: The environment variable and value that keep TensorFlow's C++ log lines out of the outputs.
+TF_LOG_LEVEL: tuple[str, str] = ("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def quiet_cpp_logs() -> None:
+    """Set ``TF_CPP_MIN_LOG_LEVEL=3`` unless already set; it only works before TensorFlow is imported."""
+    os.environ.setdefault(*TF_LOG_LEVEL)
+
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ (if not yet imported) and Python loggers and Keras's warnings."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_cpp_logs()
     import absl.logging  # noqa: PLC0415  (import after the environment variable)
 
     absl.logging.set_verbosity(absl.logging.ERROR)
