@@ -54,7 +54,7 @@ unit: $(STAMP)
 
 ## execute: re-execute every notebook in place (authors; then `make test`)
 execute: $(STAMP)
-	$(BIN)/python -m bnbook.notebooks $(NOTEBOOKS)
+	$(BIN)/python -m tools.notebooks $(NOTEBOOKS)
 
 ## robustness: execute every chapter under 4 configurations (default, ONEDNN_MAX_CPU_ISA=AVX2,
 ## TF_ENABLE_ONEDNN_OPTS=0, BNBOOK_SEED_OFFSET=100); every cell must run. ROBUSTNESS_JOBS=n runs n at a time.

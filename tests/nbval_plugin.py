@@ -1,7 +1,7 @@
 """pytest plugin for the nbval run: the kernel environment, and each notebook's run time.
 
 Loaded with ``-p tests.nbval_plugin`` by ``make test``. It gives the kernels nbval
-starts the same environment as ``make execute`` (``bnbook.notebooks.EXECUTION_ENV``),
+starts the same environment as ``make execute`` (``tools.notebooks.EXECUTION_ENV``),
 so stored and fresh outputs are made alike. nbval makes one test item per cell; the
 plugin sums their durations per notebook and prints a table at the end, so the
 per-notebook budget (90 s on the 2-core CI machine) can be read off every run.
@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from bnbook.notebooks import EXECUTION_ENV
+from tools.notebooks import EXECUTION_ENV
 
 _seconds: dict[str, float] = defaultdict(float)
 _failed: dict[str, int] = defaultdict(int)

@@ -1,9 +1,9 @@
-"""bnbook.notebooks: execution in place, all or nothing, and the noise check."""
+"""tools/notebooks.py: execution in place, all or nothing, and the noise check."""
 
 import nbformat
 import pytest
 
-from bnbook import notebooks
+from tools import notebooks
 
 
 def _write(path, *sources):

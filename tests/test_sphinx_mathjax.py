@@ -1,10 +1,10 @@
-"""bnbook.sphinx_mathjax: MathJax comes from the installed wheel, copied atomically."""
+"""_ext/sphinx_mathjax.py: MathJax comes from the installed wheel, copied atomically."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from bnbook import sphinx_mathjax
+from _ext import sphinx_mathjax
 
 
 def test_source_has_the_combined_component_and_fonts():

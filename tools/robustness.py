@@ -25,6 +25,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable (tools.notebooks)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 #: The configurations: name -> environment variables added to the kernel's.
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},
@@ -59,7 +62,7 @@ def run_one(notebook: str, config: str, env: Mapping[str, str], timeout: int = 9
 
     from nbclient.exceptions import CellExecutionError, CellTimeoutError  # noqa: PLC0415
 
-    from bnbook.notebooks import run_notebook  # noqa: PLC0415
+    from tools.notebooks import run_notebook  # noqa: PLC0415
 
     start = time.perf_counter()
     try:

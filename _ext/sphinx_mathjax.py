@@ -4,7 +4,7 @@ Sphinx (and so Jupyter Book 1) loads MathJax from jsDelivr by default; offline, 
 math then stays raw TeX. This extension points ``mathjax_path`` at a copy of
 MathJax 3.2.2, taken from the ``django-static-mathjax`` wheel (a pinned requirement),
 that it copies into ``_static/mathjax`` of the HTML output. Enable it in
-``_config.yml`` with ``sphinx: extra_extensions: [bnbook.sphinx_mathjax]``.
+``_config.yml`` with ``sphinx: local_extensions: {sphinx_mathjax: _ext}``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Execute the book's notebooks in place, the way the committed outputs are made.
 
-``python -m bnbook.notebooks chapters/*.ipynb`` (what ``make execute`` runs) executes
+``python -m tools.notebooks chapters/*.ipynb`` (what ``make execute`` runs; also
+``python tools/notebooks.py ...``) executes
 each notebook top to bottom in a fresh kernel, with the environment the tests use,
 and writes it back only if every cell ran: a failed run leaves the file untouched.
 It prints the execution time of each notebook.
@@ -20,12 +21,17 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bnbook.quiet import QUIET_ENV_VAR, TF_LOG_LEVEL  # noqa: E402
+
 __all__ = ["EXECUTION_ENV", "drop_startup_notices", "execute_notebook", "main", "noisy_outputs", "run_notebook"]
 
 #: Environment of the kernel, the same under ``make execute`` and ``make test`` (nbval).
 EXECUTION_ENV: dict[str, str] = {
-    "TF_CPP_MIN_LOG_LEVEL": "3",  # no C++ log lines from TensorFlow
-    "BNBOOK_QUIET": "1",  # no progress lines from bnbook.training
+    TF_LOG_LEVEL[0]: TF_LOG_LEVEL[1],  # no C++ log lines from TensorFlow
+    QUIET_ENV_VAR: "1",  # no progress lines from bnbook.experiments
     "PYTHONHASHSEED": "0",
     "CUDA_VISIBLE_DEVICES": "-1",  # the book's numbers are CPU numbers
 }
