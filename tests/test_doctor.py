@@ -152,6 +152,52 @@ def test_frozen_but_training(healthy: keras.Model, data: tuple[np.ndarray, np.nd
     assert any(f.severity == "warning" and f.evidence == {"called with": "training=True"} for f in found)
 
 
+def test_frozen_container_of_already_frozen_bn(data: tuple[np.ndarray, np.ndarray]) -> None:
+    # Chapter 4's fine-tuning: base unfrozen with its BN layer kept frozen, compiled, fitted, frozen again.
+    # The BN layer's flags did not change, so the traced step trains none of its variables: no warning.
+    keras.utils.set_random_seed(0)
+    bn = L.BatchNormalization(name="bn")
+    base = keras.Sequential([keras.Input((FEATURES,)), L.Dense(8, use_bias=False), bn, L.ReLU()], name="base")
+    model = keras.Sequential([keras.Input((FEATURES,)), base, L.Dense(CLASSES, activation="softmax")])
+    bn.trainable = False
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    _train(model, *data, epochs=1)
+    base.trainable = False
+    assert "frozen_but_training" not in diagnose(model, data[0][:64]).kinds("warning")
+    before = [v.numpy().copy() for v in bn.variables]
+    _train(model, *data, epochs=1)  # the evidence: the next fit leaves the BN layer alone
+    assert all(np.array_equal(v.numpy(), b) for v, b in zip(bn.variables, before))
+    # freezing the base while its BN layer was trainable at compile() is reported, naming the BN layer
+    base.trainable = True
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    _train(model, *data, epochs=1)
+    base.trainable = False
+    found = [f for f in diagnose(model, data[0][:64]).findings if f.kind == "frozen_but_training"]
+    assert [f.evidence for f in found if f.severity == "warning"] == [
+        {"trainable changed after a fit, not recompiled": "base/bn"}
+    ]
+
+
+def test_stale_statistics_the_weights_are_adapted_to(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    # Moving statistics far from the input's, with gamma and beta trained against them (as in Batch
+    # Renormalization, chapter 8): the same inference function, and re-estimating makes it worse: info.
+    model = keras.models.clone_model(healthy)
+    model.set_weights(healthy.get_weights())
+    bn = _bn(model)
+    mean, var, gamma, beta = (v.numpy() for v in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta))
+    std = np.sqrt(var + bn.epsilon)
+    bn.moving_mean.assign(mean - std)  # one standard deviation off
+    bn.moving_variance.assign((0.5 * std) ** 2 - bn.epsilon)  # a quarter of the variance
+    bn.gamma.assign(0.5 * gamma)
+    bn.beta.assign(beta - gamma)
+    x, y = data
+    np.testing.assert_allclose(model.predict(x, verbose=0), healthy.predict(x, verbose=0), atol=1e-5)
+    stale = [f for f in diagnose(model, x, y, batch_size=32).findings if f.kind == "stale_statistics"]
+    assert stale and all(f.severity == "info" for f in stale)
+    assert stale[0].evidence["loss_reestimated"] > stale[0].evidence["loss_now"]
+    assert stale[0].evidence["accuracy_reestimated"] <= stale[0].evidence["accuracy_now"]
+
+
 def test_bnbook_batchnorm_and_nested(data: tuple[np.ndarray, np.ndarray]) -> None:
     x = data[0][:64]
     model = _mlp(bn=BatchNorm)
