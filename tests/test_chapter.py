@@ -69,3 +69,24 @@ def test_show_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TypeError, match="progress"):
         show_progress("yes")  # type: ignore[arg-type]
 
+
+
+def test_quiet_cpp_logs_keeps_a_level_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnbook.quiet import TF_LOG_LEVEL, quiet_cpp_logs
+
+    monkeypatch.delenv(TF_LOG_LEVEL[0], raising=False)
+    quiet_cpp_logs()
+    assert os.environ[TF_LOG_LEVEL[0]] == "3"
+    monkeypatch.setenv(TF_LOG_LEVEL[0], "1")  # a reader who wants some logs keeps them
+    quiet_cpp_logs()
+    assert os.environ[TF_LOG_LEVEL[0]] == "1"
+
+
+def test_quiet_tensorflow_lowers_the_python_loggers() -> None:
+    import logging
+
+    from bnbook.quiet import quiet_tensorflow
+
+    logging.getLogger("tensorflow").setLevel(logging.INFO)
+    quiet_tensorflow()
+    assert logging.getLogger("tensorflow").level == logging.ERROR
