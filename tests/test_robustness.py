@@ -13,6 +13,18 @@ def _write(path, *sources):
     return str(path)
 
 
+def _executed(path, *sources, tags=None):
+    """A notebook whose stored outputs are those of one run (as the executor leaves them)."""
+    from tools.notebooks import run_notebook
+
+    _write(path, *sources)
+    nb, _ = run_notebook(path)
+    for index, cell_tags in (tags or {}).items():
+        nb.cells[index].metadata["tags"] = cell_tags
+    nbformat.write(nb, path)
+    return str(path)
+
+
 def test_configurations_are_the_four_of_the_protocol():
     assert robustness.CONFIGS == {
         "default": {},
@@ -23,7 +35,7 @@ def test_configurations_are_the_four_of_the_protocol():
 
 
 def test_a_failing_assertion_is_reported_with_its_cell_and_values(tmp_path, capsys):
-    ok = _write(tmp_path / "ok.ipynb", "import os\nprint(os.environ['BNBOOK_QUIET'])")
+    ok = _executed(tmp_path / "ok.ipynb", "import os\nprint(os.environ['BNBOOK_QUIET'])")
     bad = _write(
         tmp_path / "bad.ipynb",
         "x = 1",
@@ -41,7 +53,7 @@ def test_a_failing_assertion_is_reported_with_its_cell_and_values(tmp_path, caps
 
 
 def test_all_pass_exits_zero(tmp_path):
-    ok = _write(tmp_path / "ok.ipynb", "1 + 1")
+    ok = _executed(tmp_path / "ok.ipynb", "1 + 1")
     assert robustness.main([ok, "--configs", "onednn-off"]) == 0
 
 
@@ -50,3 +62,25 @@ def test_bad_arguments(tmp_path, args):
     ok = _write(tmp_path / "ok.ipynb", "1 + 1")
     with pytest.raises(SystemExit):
         robustness.main([ok, *args] if args else [str(tmp_path / "missing.ipynb")])
+
+
+def test_outputs_that_differ_on_another_cpu_fail_where_nbval_would(tmp_path):
+    shown = "import os\nprint(os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'on'))"
+    compared = _executed(tmp_path / "compared.ipynb", "1 + 1", shown)
+    ignored = _executed(tmp_path / "ignored.ipynb", shown, tags={0: ["nbval-ignore-output"]})
+    timed = _executed(tmp_path / "timed.ipynb", "import random\nprint(f'took {random.random():.3f} s')")
+    outcomes = {nb: robustness.run_one(nb, "onednn-off", robustness.CONFIGS["onednn-off"]) for nb in (compared, ignored, timed)}
+    assert not outcomes[compared].ok and outcomes[compared].cell == 1
+    assert "outputs nbval compares differ" in outcomes[compared].error
+    assert outcomes[ignored].ok  # the tag: nbval does not compare it either
+    assert outcomes[timed].ok  # timings are sanitised as in make test
+    seeded = robustness.run_one(compared, "seed+100", {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert seeded.ok  # seed+100 only has to run: its outputs are not compared
+
+
+def test_a_stream_split_into_several_outputs_compares_equal_as_in_nbval():
+    one = {"cell_type": "code", "source": "", "metadata": {}, "outputs": [{"output_type": "stream", "name": "stdout", "text": "a\nb\n"}]}
+    two = {**one, "outputs": [{"output_type": "stream", "name": "stdout", "text": "a\n"}, {"output_type": "stream", "name": "stdout", "text": ["b\n"]}]}
+    assert robustness.output_differences({"cells": [one]}, {"cells": [two]}) == []
+    other = {**one, "outputs": [{"output_type": "stream", "name": "stdout", "text": "a\nc\n"}]}
+    assert robustness.output_differences({"cells": [one]}, {"cells": [other]}) == [0]

@@ -2,13 +2,17 @@
 
 ``make robustness`` runs this. TensorFlow's oneDNN kernels are chosen per instruction
 set, so a seeded training run is bit-identical on one machine and different on the
-next. Each chapter is executed (in a fresh kernel, outputs not compared, nothing
-saved) under each configuration:
+next. Each chapter is executed (in a fresh kernel, nothing saved) under each configuration:
 
 - ``default``: this machine's numerics, the book's seeds;
 - ``avx2``: ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN as on a CPU without AVX-512);
 - ``onednn-off``: ``TF_ENABLE_ONEDNN_OPTS=0`` (TensorFlow's Eigen kernels);
 - ``seed+100``: ``BNBOOK_SEED_OFFSET=100`` (every seed the book picks, shifted).
+
+Under the CPU configurations (and the default) the outputs nbval compares, those of cells
+without ``nbval-ignore-output``, must also equal the stored ones, as ``make test`` on
+such a machine would demand; under ``seed+100`` the chapter computes other numbers, so
+only its cells must run.
 
 It prints a table chapter x configuration (pass, or the failing cell and the error's
 message, and the time), writes it as Markdown to ``--report`` if given, and exits 1
@@ -18,7 +22,9 @@ if any run failed.
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +41,72 @@ CONFIGS: dict[str, dict[str, str]] = {
     "onednn-off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
     "seed+100": {"BNBOOK_SEED_OFFSET": "100"},
 }
+
+
+#: The configurations under which the outputs nbval compares must equal the stored ones.
+COMPARED: frozenset[str] = frozenset({"default", "avx2", "onednn-off"})
+
+ROOT = Path(__file__).resolve().parent.parent
+# What nbval leaves out of its comparison (nbval/plugin.py, skip_compare, without --nbdime).
+_NOT_COMPARED = frozenset(
+    {"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count"}
+    | {"application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg"}
+)
+_IGNORED_TAGS = frozenset({"nbval-ignore-output", "nbval-skip"})
+
+
+def _sanitizers(path: Path = ROOT / "tests" / "nbval_sanitize.cfg") -> list[tuple[re.Pattern[str], str]]:
+    """The regex replacements ``make test`` gives nbval (``--nbval-sanitize-with``)."""
+    parser = configparser.ConfigParser()
+    parser.read(path, encoding="utf-8")
+    return [(re.compile(parser[section]["regex"]), parser[section]["replace"]) for section in parser.sections()]
+
+
+def _compared(cell: Mapping, sanitizers: Sequence[tuple[re.Pattern[str], str]]) -> dict[str, list[str]]:
+    """A code cell's outputs as nbval compares them: sanitised values per key, MIME types flattened."""
+    found: dict[str, list[str]] = {}
+    outputs: list[dict] = []
+    streams: dict[str, dict] = {}
+    for output in cell.get("outputs", []):  # nbval merges all of a stream's outputs (coalesce_streams)
+        if output.get("output_type") == "stream":
+            text = "".join(output["text"]) if isinstance(output["text"], list) else output["text"]
+            if output["name"] in streams:
+                streams[output["name"]]["text"] += text
+                continue
+            streams[output["name"]] = {**output, "text": text}
+            outputs.append(streams[output["name"]])
+        else:
+            outputs.append(output)
+    for output in outputs:
+        items = [(k, v) for k, v in output.items() if k != "data"] + list(output.get("data", {}).items())
+        for key, value in items:
+            if key in _NOT_COMPARED:
+                continue
+            text = "".join(value) if isinstance(value, list) else str(value)
+            for pattern, replacement in sanitizers:
+                text = pattern.sub(replacement, text)
+            found.setdefault(key, []).append(text)
+    return found
+
+
+def output_differences(stored: Mapping, executed: Mapping) -> list[int]:
+    """Indices of the code cells whose compared outputs (as nbval sees them) differ.
+
+    Cells tagged ``nbval-ignore-output`` or ``nbval-skip``, or starting with an
+    ``# NBVAL_IGNORE_OUTPUT``/``# NBVAL_SKIP`` comment, are not compared.
+    """
+    sanitizers = _sanitizers()
+    differing = []
+    for index, (old, new) in enumerate(zip(stored["cells"], executed["cells"])):
+        if old.get("cell_type") != "code":
+            continue
+        source = old.get("source", "")
+        first = (source if isinstance(source, str) else "".join(source)).lstrip().split("\n", 1)[0]
+        if set(old.get("metadata", {}).get("tags", [])) & _IGNORED_TAGS or first.startswith(("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")):
+            continue
+        if _compared(old, sanitizers) != _compared(new, sanitizers):
+            differing.append(index)
+    return differing
 
 
 @dataclass(frozen=True)
@@ -62,16 +134,24 @@ def run_one(notebook: str, config: str, env: Mapping[str, str], timeout: int = 9
 
     from nbclient.exceptions import CellExecutionError, CellTimeoutError  # noqa: PLC0415
 
-    from tools.notebooks import run_notebook  # noqa: PLC0415
+    import nbformat  # noqa: PLC0415
+
+    from tools.notebooks import drop_startup_notices, run_notebook  # noqa: PLC0415
 
     start = time.perf_counter()
     try:
-        _, seconds = run_notebook(notebook, timeout=timeout, env=env)
+        executed, seconds = run_notebook(notebook, timeout=timeout, env=env)
     except CellExecutionError as err:
         message = f"{err.ename}: {err.evalue}".strip()
         return Outcome(notebook, config, False, time.perf_counter() - start, _cell_from_error(notebook, err), message[:400])
     except (CellTimeoutError, RuntimeError, OSError, ValueError) as err:
         return Outcome(notebook, config, False, time.perf_counter() - start, None, f"{type(err).__name__}: {err}"[:400])
+    if config in COMPARED:
+        drop_startup_notices(executed)  # TensorFlow's import-time stderr lines; the executor drops them too
+        differing = output_differences(nbformat.read(notebook, as_version=4), executed)
+        if differing:
+            message = f"outputs nbval compares differ from the stored ones in cells {differing}"
+            return Outcome(notebook, config, False, seconds, differing[0], message)
     return Outcome(notebook, config, True, seconds)
 
 
