@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bnbook import doctor
+from bnbook.probes import reestimate_bn_statistics
 from bnbook.doctor import Finding, Report, diagnose, main
 from bnbook.layers import BatchNorm
 
@@ -115,6 +116,13 @@ def test_dropout_variance_shift(data: tuple[np.ndarray, np.ndarray]) -> None:
     found = [f for f in report.findings if f.kind == "dropout_variance_shift"]
     assert len(found) == 1 and found[0].severity == "warning"
     assert found[0].evidence["inference/training variance"] < doctor.DROPOUT_RATIO
+    # Chapter 7's remedy: re-estimate with dropout off. The shift no longer reaches the
+    # predictions, so neither it nor the statistics are a problem any more.
+    reestimate_bn_statistics(model, data[0])
+    after = diagnose(model, *data, batch_size=32)
+    assert not {"dropout_variance_shift", "stale_statistics"} & after.kinds("warning", "error")
+    (info,) = [f for f in after.findings if f.kind == "dropout_variance_shift"]
+    assert info.severity == "info" and abs(info.evidence["moving/inference variance"] - 1) < 0.05
 
 
 def test_small_batch(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
