@@ -18,6 +18,7 @@ from bnbook.probes import (
 )
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import set_up
+from tests.models import two_bn_model
 
 L = keras.layers
 
@@ -176,23 +177,8 @@ def test_after_reestimation_moving_variance_is_the_inference_variance():
     np.testing.assert_allclose(table["moving_variance"], table["inference_variance"], rtol=1e-4)
 
 
-def _two_bn_model(momentum: float = 0.5) -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input((6,)),
-            L.Dense(4, use_bias=False, name="dense"),
-            L.BatchNormalization(momentum=momentum, name="bn1"),
-            L.Activation("relu"),
-            L.Dense(3, use_bias=False, name="dense2"),
-            L.BatchNormalization(center=False, name="bn2"),
-            L.Dense(2, activation="softmax", name="head"),
-        ],
-        name="net",
-    )
-
-
 def test_bn_variables_lists_names_shapes_and_trainability():
-    model = _two_bn_model()
+    model = two_bn_model()
     table = bn_variables(model)
     assert list(table["variable"]) == [
         "gamma",
@@ -212,7 +198,7 @@ def test_bn_variables_lists_names_shapes_and_trainability():
 
 
 def test_bn_layers_finds_nested_models():
-    inner = _two_bn_model()
+    inner = two_bn_model()
     outer = keras.Sequential([keras.Input((6,)), inner, L.Dense(1)])
     assert [layer.name for layer in bn_layers(outer)] == ["bn1", "bn2"]
     assert len(bn_variables(outer)) == 7
@@ -283,7 +269,7 @@ def test_bn_layers_knows_both_classes_and_probed_layers_say_why_not():
     assert [layer.name for layer in bn_layers(model)] == ["mine", "keras"]
     assert probed_bn_layers(model) == bn_layers(model)
     assert BN_TYPES == (L.BatchNormalization, BatchNorm)
-    outer = keras.Sequential([keras.Input((6,)), _two_bn_model(), L.Dense(1)])
+    outer = keras.Sequential([keras.Input((6,)), two_bn_model(), L.Dense(1)])
     with pytest.raises(ValueError, match="nested"):
         probed_bn_layers(outer)
     with pytest.raises(ValueError, match="no BN layer"):
@@ -293,7 +279,7 @@ def test_bn_layers_knows_both_classes_and_probed_layers_say_why_not():
 
 
 def test_layer_input_model_outputs_each_layers_input():
-    model = _two_bn_model()
+    model = two_bn_model()
     probe = layer_input_model(model, [model.get_layer("bn1"), model.get_layer("bn2")])
     x = rng.normal(size=(5, 6)).astype("float32")
     first, second = probe(x)
@@ -324,7 +310,7 @@ def test_channel_moments_respect_the_axis():
 
 
 def test_unchanged_state_restores_moving_statistics_even_on_error():
-    model = _two_bn_model(momentum=0.0)
+    model = two_bn_model(momentum=0.0)
     x = rng.normal(3.0, 2.0, size=(16, 6)).astype("float32")
     before = [v.numpy() for v in model.non_trainable_variables]
     with unchanged_state(model):

@@ -9,6 +9,7 @@ import pytest
 
 from bnbook.recorders import BNRecorder, InputPercentiles, StepAccuracy, percentile_drift, steps_to_reach
 from bnbook.reproducibility import set_up
+from tests.models import two_bn_model
 
 L = keras.layers
 
@@ -140,21 +141,6 @@ def test_bad_arguments():
         percentile_drift(table, low=50, high=50)
 
 
-def _two_bn_model(momentum: float = 0.5) -> keras.Model:
-    return keras.Sequential(
-        [
-            keras.Input((6,)),
-            L.Dense(4, use_bias=False, name="dense"),
-            L.BatchNormalization(momentum=momentum, name="bn1"),
-            L.Activation("relu"),
-            L.Dense(3, use_bias=False, name="dense2"),
-            L.BatchNormalization(center=False, name="bn2"),
-            L.Dense(2, activation="softmax", name="head"),
-        ],
-        name="net",
-    )
-
-
 def test_bn_recorder_bad_inputs_raise():
     with pytest.raises(TypeError, match="BN layers"):
         BNRecorder([L.Dense(2)])
@@ -178,7 +164,7 @@ def test_recorder_follows_the_averaging_rule_by_hand():
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, size=(32, 6)).astype("float32")
     y = rng.integers(0, 2, size=32)
-    model = _two_bn_model(momentum=0.5)
+    model = two_bn_model(momentum=0.5)
     bn = model.get_layer("bn1")
     recorder = BNRecorder([bn], every=1, inputs=x)
     # one step on the whole batch: the batch statistics are those of `inputs`
@@ -204,7 +190,7 @@ def test_recorder_input_statistics_match_numpy():
     set_up(0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20, 6)).astype("float32")
-    model = _two_bn_model()
+    model = two_bn_model()
     recorder = BNRecorder([model.get_layer("bn1")], inputs=x)
     recorder.set_model(model)
     recorder.on_train_begin()
@@ -219,7 +205,7 @@ def test_recorder_per_epoch_and_every_k_steps():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 6)).astype("float32")
     y = rng.integers(0, 2, size=40)
-    model = _two_bn_model()
+    model = two_bn_model()
     per_epoch = BNRecorder()  # every BN layer, once per epoch
     _fit(model, per_epoch, x, y, epochs=3, batch_size=10)
     table = per_epoch.table
@@ -237,7 +223,7 @@ def test_recorder_per_epoch_and_every_k_steps():
 
 
 def test_recorder_rejects_nested_layers_with_inputs():
-    inner = _two_bn_model()
+    inner = two_bn_model()
     outer = keras.Sequential([keras.Input((6,)), inner, L.Dense(2, activation="softmax")])
     recorder = BNRecorder([inner.get_layer("bn1")], inputs=np.ones((4, 6), "float32"))
     recorder.set_model(outer)

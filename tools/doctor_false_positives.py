@@ -43,12 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-from nbclient import NotebookClient
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable (tools.notebooks)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.notebooks import EXECUTION_ENV  # noqa: E402
+from tools.notebooks import execute_in  # noqa: E402
 
 __all__ = ["SKIP", "SPECS", "diagnose_notebook", "main", "render"]
 
@@ -232,16 +231,9 @@ def diagnose_notebook(path: str | os.PathLike, *, timeout: int = 1800) -> dict[s
         out = Path(folder) / "records.json"
         config = (SPECS.get(key, {}), SKIP.get(key, {}))
         nb.cells.append(nbformat.v4.new_code_cell(_CELL.replace("__CONFIG__", repr(config)).replace("__OUT__", repr(str(out)))))
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(path.parent.resolve())}},
-            record_timing=False,
-            allow_errors=True,  # a chapter assertion failing under load must not hide the models
-        )
         start = time.perf_counter()
-        client.execute(env={**os.environ, **EXECUTION_ENV})
+        # allow_errors: a chapter assertion failing under load must not hide the models
+        execute_in(nb, path.parent, timeout=timeout, allow_errors=True)
         records = json.loads(out.read_text()) if out.is_file() else []
     errors = [
         (index, o.get("ename", ""), str(o.get("evalue", ""))[:200])

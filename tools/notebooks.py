@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from bnbook.quiet import QUIET_ENV_VAR, TF_LOG_LEVEL  # noqa: E402
 
-__all__ = ["EXECUTION_ENV", "drop_startup_notices", "execute_notebook", "main", "noisy_outputs", "run_notebook"]
+__all__ = ["EXECUTION_ENV", "drop_startup_notices", "execute_in", "execute_notebook", "main", "noisy_outputs", "run_notebook"]
 
 #: Environment of the kernel, the same under ``make execute`` and ``make test`` (nbval).
 EXECUTION_ENV: dict[str, str] = {
@@ -123,16 +123,34 @@ def run_notebook(
     if not path.is_file():
         raise FileNotFoundError(f"no notebook at {path}")
     nb = nbformat.read(path, as_version=4)
+    return nb, execute_in(nb, path.parent, timeout=timeout, env=env)
+
+
+def execute_in(
+    nb: nbformat.NotebookNode,
+    folder: str | os.PathLike,
+    *,
+    timeout: int = 900,
+    env: Mapping[str, str] | None = None,
+    allow_errors: bool = False,
+) -> float:
+    """Execute ``nb`` (in memory, in place) in a fresh kernel running in ``folder``; return the seconds.
+
+    The kernel gets this process's environment, :data:`EXECUTION_ENV`, then ``env``.
+    With ``allow_errors`` a failing cell leaves its error in the outputs and the next
+    cells run; otherwise it raises ``nbclient.exceptions.CellExecutionError``.
+    """
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent.resolve())}},
+        resources={"metadata": {"path": str(Path(folder).resolve())}},
         record_timing=False,
+        allow_errors=allow_errors,
     )
     start = time.perf_counter()
     client.execute(env={**os.environ, **EXECUTION_ENV, **(env or {})})
-    return nb, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
