@@ -75,3 +75,10 @@ def test_bad_arguments():
         profile_along_gradient(model, x, y[:-1], [0.1], loss=_mse)
     with pytest.raises(ValueError, match="'distance'"):
         summarize_profile(pd.DataFrame({"loss": [1.0], "grad_change": [0.0]}))
+
+
+def test_summarize_profile_names_a_missing_column():
+    with pytest.raises(ValueError, match=r"\['grad_change'\].*present: loss, distance"):
+        summarize_profile(pd.DataFrame({"loss": [1.0], "distance": [0.0]}))
+    with pytest.raises(TypeError, match="DataFrame"):
+        summarize_profile({"loss": [1.0]})

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from bnbook._checks import check_model
+from bnbook._checks import check_model, require_columns
 
 __all__ = ["profile_along_gradient", "summarize_profile"]
 
@@ -118,11 +118,10 @@ def summarize_profile(profile: pd.DataFrame) -> pd.Series:
         (``nan`` if the gradient is zero or there is no step size > 0).
 
     Raises:
+        TypeError: ``profile`` is not a DataFrame.
         ValueError: A needed column is missing.
     """
-    for name in ("loss", "grad_change", "distance"):
-        if name not in profile.columns:
-            raise ValueError(f"column {name!r} is not in the table; present: {', '.join(map(str, profile.columns))}")
+    require_columns(profile, ("loss", "grad_change", "distance"))
     moved = profile[profile["distance"] > 0]
     beta = float((moved["grad_change"] / moved["distance"]).max()) if len(moved) else float("nan")
     return pd.Series(
