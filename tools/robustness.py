@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import copy
 import os
 import re
 import sys
@@ -30,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import nbformat
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable (tools.notebooks)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,20 +67,14 @@ def _sanitizers(path: Path = ROOT / "tests" / "nbval_sanitize.cfg") -> list[tupl
 
 def _compared(cell: Mapping, sanitizers: Sequence[tuple[re.Pattern[str], str]]) -> dict[str, list[str]]:
     """A code cell's outputs as nbval compares them: sanitised values per key, MIME types flattened."""
+    from nbval.plugin import coalesce_streams  # noqa: PLC0415  (nbval merges all of a stream's outputs)
+
     found: dict[str, list[str]] = {}
-    outputs: list[dict] = []
-    streams: dict[str, dict] = {}
-    for output in cell.get("outputs", []):  # nbval merges all of a stream's outputs (coalesce_streams)
-        if output.get("output_type") == "stream":
-            text = "".join(output["text"]) if isinstance(output["text"], list) else output["text"]
-            if output["name"] in streams:
-                streams[output["name"]]["text"] += text
-                continue
-            streams[output["name"]] = {**output, "text": text}
-            outputs.append(streams[output["name"]])
-        else:
-            outputs.append(output)
-    for output in outputs:
+    outputs = nbformat.from_dict(copy.deepcopy(list(cell.get("outputs", []))))
+    for output in outputs:  # as nbformat.read leaves them: a stream's text as one string
+        if isinstance(output.get("text"), list):
+            output.text = "".join(output.text)
+    for output in coalesce_streams(outputs):
         items = [(k, v) for k, v in output.items() if k != "data"] + list(output.get("data", {}).items())
         for key, value in items:
             if key in _NOT_COMPARED:
@@ -134,8 +131,6 @@ def run_one(notebook: str, config: str, env: Mapping[str, str], timeout: int = 9
 
     from nbclient.exceptions import CellExecutionError, CellTimeoutError  # noqa: PLC0415
 
-    import nbformat  # noqa: PLC0415
-
     from tools.notebooks import drop_startup_notices, run_notebook  # noqa: PLC0415
 
     start = time.perf_counter()
@@ -157,8 +152,6 @@ def run_one(notebook: str, config: str, env: Mapping[str, str], timeout: int = 9
 
 def _cell_from_error(notebook: str, err: Exception) -> int | None:
     """Find the failing cell's index by matching the error's source excerpt to the notebook's cells."""
-    import nbformat  # noqa: PLC0415
-
     nb = nbformat.read(notebook, as_version=4)
     text = str(err)  # nbclient's message starts with the failing cell's source
     for index, cell in enumerate(nb.cells):

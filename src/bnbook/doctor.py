@@ -110,7 +110,6 @@ _DROPOUT_TYPES = tuple(
     for name in ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout")
     if hasattr(keras.layers, name)
 )
-_BN_TYPES = probes.BN_TYPES
 _LINEAR_TYPES = (
     keras.layers.Dense,
     keras.layers.Conv1D,
@@ -708,7 +707,7 @@ def diagnose(model: keras.Model, x: np.ndarray, y: np.ndarray | None = None, *, 
     """
     x, y, batch_size = _check_inputs(model, x, y, batch_size)
     passes = min(batch_size or 32, len(x))
-    bns = [(path, layer) for path, layer in _walk(model) if isinstance(layer, _BN_TYPES)]
+    bns = [(path, layer) for path, layer in _walk(model) if isinstance(layer, probes.BN_TYPES)]
     report = Report([], model.name, len(x))
     if not bns:
         report.findings.append(
@@ -739,7 +738,7 @@ def diagnose(model: keras.Model, x: np.ndarray, y: np.ndarray | None = None, *, 
             except (TypeError, ValueError) as clone_error:
                 reason = f"{reason} (and a clone fails: {clone_error})"
     if data_ok:
-        top = [layer for layer in probe_model.layers if isinstance(layer, _BN_TYPES)]
+        top = [layer for layer in probe_model.layers if isinstance(layer, probes.BN_TYPES)]
         stat_findings, variances = _check_statistics(probe_model, top, x, y, passes, dropout_fed)
         findings += stat_findings
     else:
@@ -815,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not any(isinstance(layer, _BN_TYPES) for _, layer in _walk(model)):
+    if not any(isinstance(layer, probes.BN_TYPES) for _, layer in _walk(model)):
         print(f"{args.model}: the model has no BN layer (BatchNormalization or bnbook BatchNorm); nothing to diagnose")
         return 0
     print(report)
