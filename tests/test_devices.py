@@ -1,12 +1,15 @@
-"""bnbook.devices: splitting the CPU, in a fresh process (TensorFlow is configured once per process)."""
+"""bnbook.devices: splitting the CPU (in a fresh process: TensorFlow is configured once per process), and which device."""
 
 import os
 import subprocess
 import sys
 import textwrap
 
+import keras
 import pytest
+import tensorflow as tf
 
+from bnbook import devices
 from bnbook.devices import split_cpu
 
 
@@ -49,3 +52,44 @@ def test_split_first_gives_n_devices_and_a_different_split_later_raises_a_clear_
 def test_bad_counts_are_refused_before_touching_tensorflow(bad, error):
     with pytest.raises(error, match="n_devices"):
         split_cpu(bad)
+
+
+# --- which device: a GPU faked by patching the one call the helpers (and Keras) make -------------
+
+def _fake_devices(monkeypatch, *, gpu: bool):
+    real = [tf.config.PhysicalDevice("/physical_device:CPU:0", "CPU")]
+    fake_gpu = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if gpu else []
+
+    def list_physical_devices(device_type=None):
+        every = real + fake_gpu
+        return every if device_type is None else [d for d in every if d.device_type == device_type]
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", list_physical_devices)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_device_helpers_follow_what_tensorflow_lists(monkeypatch, gpu):
+    _fake_devices(monkeypatch, gpu=gpu)
+    assert devices.gpu_visible() is gpu
+    assert devices.device_kind() == ("GPU" if gpu else "CPU")
+    assert devices.per_device(cpu="zero", gpu="nan") == ("nan" if gpu else "zero")
+
+
+def test_the_real_machine_here_is_cpu_only():
+    # conftest hides any GPU (CUDA_VISIBLE_DEVICES=-1), as the book's runs do.
+    assert devices.gpu_visible() is False and devices.device_kind() == "CPU"
+    assert devices.per_device(cpu=1, gpu=2) == 1
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_keras_auto_xla_follows_the_same_device_list(monkeypatch, gpu):
+    # Keras decides jit_compile="auto" from tf.config.list_physical_devices too
+    # (trainers/trainer.py, _resolve_auto_jit_compile): XLA on a GPU once determinism is off.
+    # This is the GPU branch of a chapter's `model.jit_compile == per_device(cpu=False, gpu=True)`.
+    _fake_devices(monkeypatch, gpu=gpu)
+    import tensorflow.python.framework.config as tf_framework_config
+
+    monkeypatch.setattr(tf_framework_config, "is_op_determinism_enabled", lambda: False)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+    assert model.jit_compile is devices.per_device(cpu=False, gpu=True)

@@ -75,7 +75,9 @@ def test_tensorflow_startup_notices_are_dropped_and_nothing_else():
     assert notebooks.noisy_outputs(nb)  # the oneDNN notice counts as noise until dropped
     assert notebooks.drop_startup_notices(nb) == 3
     assert [o["name"] for o in nb.cells[0].outputs] == ["stdout"]
-    assert nb.cells[1].outputs[0]["text"] == "UserWarning: real\n"  # a real warning stays
+    assert nb.cells[1].outputs[0]["text"] == "UserWarning: real\n"  # a real warning stays ...
+    assert notebooks.noisy_outputs(nb) == ["cell 1: unhandled warning or log on stderr: 'UserWarning: real\\n'"]
+    nb.cells[1].outputs = []  # ... and is refused until the chapter handles it
     assert notebooks.noisy_outputs(nb) == []
     # The same notice on stdout, or quoted inside a line, is not a start-up notice: kept.
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=_ONEDNN)]
@@ -96,3 +98,37 @@ def test_other_stderr_noise_is_still_refused(tmp_path):
     with pytest.raises(ValueError, match="log noise"):
         notebooks.execute_notebook(path)
     assert path.read_bytes() == before
+
+
+_WARNS = "import warnings\nwarnings.warn('The model does not have any trainable weights.', UserWarning)"
+
+
+def test_an_unhandled_warning_is_refused_and_the_file_left_unchanged(tmp_path):
+    # What Python (and Keras through absl) writes to stderr when nobody handled the warning.
+    path = _write(tmp_path / "warns.ipynb", "print('fine')", _WARNS)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"(?s)unhandled warnings.*cell 1: unhandled warning.*UserWarning: The model does not"):
+        notebooks.execute_notebook(path)
+    assert path.read_bytes() == before
+
+
+def test_a_warning_shown_on_purpose_or_ignored_by_its_message_is_stored(tmp_path):
+    shown = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    exec({_WARNS!r})\n"
+        "print('Keras warns:', caught[0].message)"
+    )
+    ignored = (
+        "# this chapter's models have no trainable weights on purpose\n"
+        "warnings.filterwarnings('ignore', message='The model does not have any trainable weights')\n"
+        f"{_WARNS}"
+    )
+    path = _write(tmp_path / "handled.ipynb", shown, ignored)
+    notebooks.execute_notebook(path)
+    nb = nbformat.read(path, as_version=4)
+    assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [
+        ("stdout", "Keras warns: The model does not have any trainable weights.\n")
+    ]
+    assert nb.cells[1].outputs == []

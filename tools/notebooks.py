@@ -80,7 +80,16 @@ def drop_startup_notices(nb: nbformat.NotebookNode) -> int:
 
 
 def noisy_outputs(nb: nbformat.NotebookNode) -> list[str]:
-    """List the cells whose stored outputs contain log noise, progress bars or addresses.
+    """List the outputs that must not be stored: log noise, progress bars, addresses, unhandled warnings.
+
+    The rule for warnings: a stored notebook has no stderr output at all (once
+    :func:`drop_startup_notices` has removed TensorFlow's import-time notices). Python
+    writes a warning nobody handled to stderr (``path:line: UserWarning: message``), and
+    so do ``absl``/``logging`` (Keras's ``absl.logging.warning`` calls among them), so
+    every such warning is refused, whatever its text. A warning a chapter shows on
+    purpose is caught (``warnings.catch_warnings(record=True)``) and printed by the cell
+    on stdout, with the chapter saying why; one it wants gone is ignored by its message in
+    a visible cell (``warnings.filterwarnings("ignore", message=...)``). Both pass.
 
     Returns:
         One ``"cell N: <excerpt>"`` entry per offending output; empty if clean.
@@ -91,6 +100,9 @@ def noisy_outputs(nb: nbformat.NotebookNode) -> list[str]:
             text = output.get("text", "") or "".join(
                 v for k, v in output.get("data", {}).items() if k.startswith("text/") and isinstance(v, str)
             )
+            if output.get("output_type") == "stream" and output.get("name") == "stderr" and text.strip():
+                found.append(f"cell {index}: unhandled warning or log on stderr: {text[:300]!r}")
+                continue
             match = _NOISE.search(text)
             if match:
                 found.append(f"cell {index}: {text[max(0, match.start() - 40):match.end() + 40]!r}")
@@ -158,7 +170,8 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
 
     Runs it with :func:`run_notebook`. TensorFlow's import-time stderr notices are
     dropped (:func:`drop_startup_notices`). The file is replaced atomically, and only
-    when every cell ran and no other output contains log noise.
+    when every cell ran and no output is refused by :func:`noisy_outputs` (log noise,
+    progress bars, or any warning left on stderr).
 
     Args:
         path: The ``.ipynb`` file.
@@ -166,7 +179,8 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not an ``.ipynb`` file, or an output contains log noise.
+        ValueError: ``path`` is not an ``.ipynb`` file, or an output contains log noise or
+            an unhandled warning.
         nbclient.exceptions.CellExecutionError: A cell raised; the file is left unchanged.
     """
     path = Path(path)
@@ -174,7 +188,7 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 900) -> float:
     drop_startup_notices(nb)
     noise = noisy_outputs(nb)
     if noise:
-        raise ValueError(f"{path}: outputs contain log noise, not saved:\n" + "\n".join(noise))
+        raise ValueError(f"{path}: outputs contain log noise or unhandled warnings, not saved:\n" + "\n".join(noise))
     mode = path.stat().st_mode & 0o777  # mkstemp makes 0600 files; keep the notebook's mode
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -1,4 +1,14 @@
-"""Split the CPU into several logical devices, to run ``tf.distribute`` strategies on one machine.
+"""Which device TensorFlow computes on, and splitting the CPU into several logical devices.
+
+The book's committed outputs are CPU outputs (``tools.notebooks`` hides any GPU), but a
+reader may run a chapter on Colab's GPU runtime, where some facts differ: Keras's
+``jit_compile="auto"`` turns XLA on, kernels differ (cuDNN's fused batch norm returns
+NaN where the CPU kernel returns 0), timings differ. A chapter asserts such a fact per
+device with :func:`gpu_visible`, :func:`device_kind` or :func:`per_device`, all of which
+ask ``tf.config.list_physical_devices`` (the call Keras itself makes to decide about
+XLA), so a test can fake a GPU by patching that one function.
+
+Splitting the CPU, to run ``tf.distribute`` strategies on one machine:
 
 TensorFlow fixes its device list when its runtime starts: the first tensor, the first
 ``tf.config.list_logical_devices()`` or the first model starts it, and from then on
@@ -11,11 +21,43 @@ come first.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import tensorflow as tf
 
 from bnbook._checks import check_int
 
-__all__ = ["split_cpu"]
+__all__ = ["device_kind", "gpu_visible", "per_device", "split_cpu"]
+
+T = TypeVar("T")
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees at least one GPU in this process.
+
+    True on Colab's GPU runtime; False in the book's own runs (``CUDA_VISIBLE_DEVICES=-1``,
+    ``tensorflow-cpu``). Listing the physical devices does not start TensorFlow's runtime,
+    so this may come before :func:`split_cpu`.
+    """
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def device_kind() -> str:
+    """``"GPU"`` where TensorFlow sees a GPU (it places ops there by default), else ``"CPU"``."""
+    return "GPU" if gpu_visible() else "CPU"
+
+
+def per_device(*, cpu: T, gpu: T) -> T:
+    """Return what holds on this device: ``gpu`` where TensorFlow sees a GPU, else ``cpu``.
+
+    For a fact that differs between devices, e.g.
+    ``assert model.jit_compile == per_device(cpu=False, gpu=True)``.
+
+    Args:
+        cpu: The value on a CPU-only machine.
+        gpu: The value where a GPU is visible.
+    """
+    return gpu if gpu_visible() else cpu
 
 
 def split_cpu(n_devices: int) -> list[str]:

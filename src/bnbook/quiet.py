@@ -1,15 +1,22 @@
-"""Quiet output: TensorFlow's loggers, and whether the helpers print progress.
+"""Quiet output: TensorFlow's log noise, and whether the helpers print progress.
 
-``make execute``, ``make test`` and the robustness runs set ``BNBOOK_QUIET=1`` so that
-the committed notebooks hold no progress lines; a reader running a chapter by hand
-sees them.
+What is silenced is noise only: TensorFlow's C++ log lines (``TF_CPP_MIN_LOG_LEVEL``)
+and its Python logger ``"tensorflow"`` below ERROR, and the book's own progress lines
+(``make execute``, ``make test`` and the robustness runs set ``BNBOOK_QUIET=1`` so that
+the committed notebooks hold none; a reader running a chapter by hand sees them).
+
+Keras's own warnings are *not* silenced: neither its Python warnings
+(``warnings.warn``, e.g. "The model does not have any trainable weights") nor what it
+logs through ``absl.logging`` (e.g. the legacy HDF5 saving notice). They tell a reader
+something about their model. A chapter that wants one gone handles it by its message,
+in a visible cell that says why (``warnings.filterwarnings("ignore", message=...)``);
+``tools.notebooks`` refuses to store a warning nobody handled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 __all__ = ["QUIET_ENV_VAR", "TF_LOG_LEVEL", "quiet_cpp_logs", "quiet_tensorflow", "show_progress"]
 
@@ -26,13 +33,15 @@ def quiet_cpp_logs() -> None:
 
 
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ (if not yet imported) and Python loggers and Keras's warnings."""
-    quiet_cpp_logs()
-    import absl.logging  # noqa: PLC0415  (import after the environment variable)
+    """Silence TensorFlow's log noise: its C++ log lines (if not yet imported) and its Python logger.
 
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless already set (:func:`quiet_cpp_logs`) and the
+    ``"tensorflow"`` logger (TensorFlow's deprecation and retracing notices) to ERROR.
+    Leaves Python's warning filters and ``absl.logging`` alone, so Keras's own warnings
+    still reach the reader.
+    """
+    quiet_cpp_logs()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="keras")
 
 
 def show_progress(progress: bool | None) -> bool:
