@@ -101,10 +101,24 @@ def probed_bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
     if len(model.inputs) != 1:
         raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
     for layer in top:
-        calls = len(getattr(layer, "_inbound_nodes", [None]))
+        calls = len(_graph_nodes(model, layer))
         if calls != 1:
             raise ValueError(f"BN layer {layer.name!r} must be called exactly once in the model, not {calls} times")
     return top
+
+
+def _graph_nodes(model: keras.Model, layer: keras.layers.Layer) -> list:
+    """The calls of ``layer`` in ``model``'s own graph (Keras nodes), in graph order.
+
+    Not ``layer._inbound_nodes``, which also holds calls outside this graph: a Sequential
+    model rebuilt on loading from a ``.keras`` file keeps one per rebuild (Keras 3.15,
+    ``Sequential._maybe_rebuild``), and so does a layer reused in another model.
+    """
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    by_depth = getattr(graph, "_nodes_by_depth", None)
+    if by_depth is None:  # not a graph model: every recorded call
+        return list(getattr(layer, "_inbound_nodes", []))
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth] if node.operation is layer]
 
 
 def _contains_bn(layer: keras.layers.Layer) -> bool:
@@ -131,13 +145,16 @@ def layer_input_model(model: keras.Model, layers: Sequence[keras.layers.Layer]) 
         raise ValueError("layers is empty: pass the layers whose inputs to output")
     if len(model.inputs) != 1:
         raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
+    inputs = []
     for layer in layers:
         if layer not in model.layers:
             raise ValueError(f"layer {layer.name!r} is not a top-level layer of model {model.name!r} (nested?)")
-        calls = len(getattr(layer, "_inbound_nodes", [None]))
-        if calls != 1:
-            raise ValueError(f"layer {layer.name!r} must be called exactly once in the model, not {calls} times")
-    return keras.Model(model.inputs[0], [layer.input for layer in layers])
+        nodes = _graph_nodes(model, layer)
+        if len(nodes) != 1:
+            raise ValueError(f"layer {layer.name!r} must be called exactly once in the model, not {len(nodes)} times")
+        tensors = nodes[0].input_tensors
+        inputs.append(tensors[0] if len(tensors) == 1 else list(tensors))
+    return keras.Model(model.inputs[0], inputs)
 
 
 def _outputs(probe: keras.Model, x: np.ndarray, training: bool) -> list[np.ndarray]:
