@@ -345,7 +345,9 @@ def percentile_drift(records: pd.DataFrame, *, low: float = 15, high: float = 85
         low, high: The percentiles whose difference is the spread; both must be recorded.
 
     Returns:
-        The drift per unit (index ``unit``).
+        The drift per unit (index ``unit``). A unit whose spread is 0 (its input is
+        constant on the probe batch, e.g. a dead ReLU) has no scale: its drift is NaN
+        if its percentiles did not move, and inf if they did.
 
     Raises:
         TypeError: ``records`` is not a DataFrame.
