@@ -21,6 +21,16 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 BNBOOK_VARIABLES = ("BNBOOK_SEED_OFFSET", "BNBOOK_DATASET", "BNBOOK_QUIET")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_bnbook_variables():
+    """The shell's ``BNBOOK_*`` variables are gone for the whole run, module and session fixtures
+    and the kernels and subprocesses that tests start included."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("BNBOOK_")]:
+            patch.delenv(name)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch):
     """Each test starts with no ``BNBOOK_*`` variable, seeded global generators, no open figure."""
@@ -44,7 +54,4 @@ def mnist5k():
     """The offline data set's default split, loaded once per test run (treat it as read-only)."""
     from bnbook.data import load  # noqa: PLC0415
 
-    with pytest.MonkeyPatch.context() as patch:  # session fixtures are set up before _isolated
-        for name in BNBOOK_VARIABLES:
-            patch.delenv(name, raising=False)
-        return load("mnist5k")
+    return load("mnist5k")  # after _no_bnbook_variables (autouse fixtures of a scope come first)

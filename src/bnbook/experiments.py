@@ -164,6 +164,8 @@ class _GraphCache:
         self.by_signature: dict[str, keras.Model] = {}
 
     def model_for(self, name: str, fresh: keras.Model) -> keras.Model:
+        if not fresh.trainable_variables:  # not built yet (a subclassed model): fit builds it, nothing to share
+            return fresh
         fresh.optimizer.build(fresh.trainable_variables)
         signature = _graph_signature(fresh)
         candidate = self.by_variant.get(name)
@@ -299,7 +301,13 @@ def run_experiments(
                         "model.compile(optimizer=..., loss=..., metrics=[...]) in its function"
                     )
                 if learning_rate is not None:
-                    fresh.optimizer.learning_rate = rates[size]
+                    try:
+                        fresh.optimizer.learning_rate = rates[size]
+                    except TypeError as error:  # e.g. an optimizer built on a LearningRateSchedule
+                        raise TypeError(
+                            f"learning_rate= sets the optimizer's learning rate for each batch size, but variant "
+                            f"{name!r}'s optimizer does not allow it ({error}); compile it with a float learning rate"
+                        ) from error
                 model = cache.model_for(name, fresh) if reuse_graphs else fresh
                 table = train(
                     model,
