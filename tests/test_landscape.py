@@ -61,20 +61,23 @@ def test_model_is_not_changed_bn_included():
         np.testing.assert_array_equal(a, b.numpy())
 
 
-def test_bad_arguments():
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        pytest.param(lambda m, x, y: profile_along_gradient(m, x, y, [], loss=_mse), ValueError, "empty", id="no step"),
+        pytest.param(lambda m, x, y: profile_along_gradient(m, x, y, [-0.1], loss=_mse), ValueError, ">= 0", id="negative"),
+        pytest.param(lambda m, x, y: profile_along_gradient("model", x, y, [0.1]), TypeError, "keras.Model", id="not a model"),
+        pytest.param(lambda m, x, y: profile_along_gradient(m, x, y, [0.1], training=1), TypeError, "training", id="training=1"),
+        pytest.param(lambda m, x, y: profile_along_gradient(m, x, y[:-1], [0.1], loss=_mse), ValueError, "same length", id="lengths"),
+        pytest.param(
+            lambda m, x, y: summarize_profile(pd.DataFrame({"loss": [1.0], "grad_change": [0.0]})), ValueError, "'distance'", id="column"
+        ),
+    ],
+)
+def test_bad_arguments(call, error, match):
     model, x, y = _linear()
-    with pytest.raises(ValueError, match="empty"):
-        profile_along_gradient(model, x, y, [], loss=_mse)
-    with pytest.raises(ValueError, match=">= 0"):
-        profile_along_gradient(model, x, y, [-0.1], loss=_mse)
-    with pytest.raises(TypeError, match="keras.Model"):
-        profile_along_gradient("model", x, y, [0.1])
-    with pytest.raises(TypeError, match="training"):
-        profile_along_gradient(model, x, y, [0.1], training=1)
-    with pytest.raises(ValueError, match="same length"):
-        profile_along_gradient(model, x, y[:-1], [0.1], loss=_mse)
-    with pytest.raises(ValueError, match="'distance'"):
-        summarize_profile(pd.DataFrame({"loss": [1.0], "grad_change": [0.0]}))
+    with pytest.raises(error, match=match):
+        call(model, x, y)
 
 
 def test_summarize_profile_names_a_missing_column():

@@ -116,29 +116,33 @@ def test_percentile_drift_by_hand():
     assert drift[1] == pytest.approx(4.0 / 2.0)
 
 
-def test_bad_arguments():
-    x, y = _data()
-    with pytest.raises(ValueError, match="every"):
-        InputPercentiles("act", x, every=0)
-    with pytest.raises(TypeError, match="every"):
-        StepAccuracy(x, y, every=1.5)
-    with pytest.raises(ValueError, match="percentiles"):
-        InputPercentiles("act", x, every=1, percentiles=(50, 101))
-    with pytest.raises(TypeError, match="layer"):
-        InputPercentiles(3, x, every=1)
-    with pytest.raises(TypeError, match="training"):
-        InputPercentiles("act", x, every=1, training="yes")
-    with pytest.raises(ValueError, match="same length"):
-        StepAccuracy(x, y[:-1], every=1)
-    # Before fit, every recorder's table is empty, with its columns.
-    assert list(InputPercentiles("act", x, every=1).table.columns) == ["step", "unit", "percentile", "value"]
-    assert list(StepAccuracy(x, y, every=1).table.columns) == ["step", "accuracy"]
-    assert BNRecorder().table.empty
-    table = pd.DataFrame({"step": [0], "unit": [0], "percentile": [50.0], "value": [0.0]})
-    with pytest.raises(ValueError, match="not recorded"):
-        percentile_drift(table)
-    with pytest.raises(ValueError, match="high must be greater"):
-        percentile_drift(table, low=50, high=50)
+X, Y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
+TABLE = pd.DataFrame({"step": [0], "unit": [0], "percentile": [50.0], "value": [0.0]})
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        pytest.param(lambda: InputPercentiles("act", X, every=0), ValueError, "every must be >= 1", id="every 0"),
+        pytest.param(lambda: StepAccuracy(X, Y, every=1.5), TypeError, "every must be an int", id="every 1.5"),
+        pytest.param(lambda: InputPercentiles("act", X, every=1, percentiles=(50, 101)), ValueError, "percentiles", id="101"),
+        pytest.param(lambda: InputPercentiles(3, X, every=1), TypeError, "layer must be", id="layer 3"),
+        pytest.param(lambda: InputPercentiles("act", X, every=1, training="yes"), TypeError, "training", id="training yes"),
+        pytest.param(lambda: StepAccuracy(X, Y[:-1], every=1), ValueError, "same length", id="lengths"),
+        pytest.param(lambda: percentile_drift(TABLE), ValueError, "not recorded", id="drift not recorded"),
+        pytest.param(lambda: percentile_drift(TABLE, low=50, high=50), ValueError, "high must be greater", id="drift low=high"),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_tables_are_empty_with_their_columns_before_fit():
+    assert list(InputPercentiles("act", X, every=1).table.columns) == ["step", "unit", "percentile", "value"]
+    assert list(StepAccuracy(X, Y, every=1).table.columns) == ["step", "accuracy"]
+    table = BNRecorder().table
+    assert table.empty and list(table.columns) == ["step", "epoch", "layer", "variable", "feature", "value"]
 
 
 def test_bn_recorder_bad_inputs_raise():
