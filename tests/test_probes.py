@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from bnbook.probes import (
@@ -18,6 +19,7 @@ from bnbook.probes import (
 )
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import set_up
+from tests.model_state import assert_model_unchanged
 from tests.models import two_bn_model
 
 L = keras.layers
@@ -143,31 +145,86 @@ def test_dropout_variance_shift_follows_the_formula():
     np.testing.assert_allclose(table["moving_variance"], 1.0)  # untouched
 
 
-def test_bad_inputs():
-    model = _mlp()
-    with pytest.raises(TypeError, match="keras.Model"):
-        bn_input_variances("model", X)
-    with pytest.raises(TypeError, match="NumPy array"):
-        reestimate_bn_statistics(model, X.tolist())
-    with pytest.raises(TypeError, match="batch_size"):
-        reestimate_bn_statistics(model, X, batch_size=2.0)
-    with pytest.raises(ValueError, match="batch_size"):
-        bn_input_variances(model, X, batch_size=0)
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        bn_input_variances(model, X[:10], batch_size=64)
-    with pytest.raises(ValueError, match="at least 2"):
-        reestimate_bn_statistics(model, X[:1])
-    no_bn = keras.Sequential([keras.Input((6,)), L.Dense(2)])
-    with pytest.raises(ValueError, match="no BN layer"):
-        reestimate_bn_statistics(no_bn, X)
-    outer = keras.Sequential([keras.Input((6,)), model, L.Dense(2)])
-    with pytest.raises(ValueError, match="nested"):
-        bn_input_variances(outer, X)
+def _nested():
+    return keras.Sequential([keras.Input((6,)), _mlp(), L.Dense(2)])
+
+
+def _shared_twice():
     shared = L.BatchNormalization(name="shared")
     inputs = keras.Input((6,))
-    twice = keras.Model(inputs, shared(shared(inputs)))
-    with pytest.raises(ValueError, match="exactly once"):
-        reestimate_bn_statistics(twice, X)
+    return keras.Model(inputs, shared(shared(inputs)))
+
+
+def _two_inputs():
+    a, b = keras.Input((6,)), keras.Input((6,))
+    return keras.Model([a, b], L.BatchNormalization(name="bn")(L.Add()([a, b])))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        pytest.param(lambda: bn_input_variances("model", X), TypeError, "keras.Model", id="not a model"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X.tolist()), TypeError, "NumPy array", id="x a list"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X, batch_size=2.0), TypeError, "batch_size", id="float batch"),
+        pytest.param(lambda: bn_input_variances(_mlp(), X, batch_size=0), ValueError, "batch_size", id="batch 0"),
+        pytest.param(lambda: bn_input_variances(_mlp(), X[:10], batch_size=64), ValueError, "fewer than one batch", id="short x"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X[:1]), ValueError, "at least 2", id="one example"),
+        pytest.param(
+            lambda: reestimate_bn_statistics(keras.Sequential([keras.Input((6,)), L.Dense(2)]), X), ValueError, "no BN layer", id="no BN"
+        ),
+        pytest.param(lambda: bn_input_variances(_nested(), X), ValueError, "nested", id="nested"),
+        pytest.param(lambda: reestimate_bn_statistics(_shared_twice(), X), ValueError, "exactly once", id="called twice"),
+        pytest.param(lambda: probed_bn_layers(_two_inputs()), ValueError, "single-input models.*2 inputs", id="two inputs"),
+        pytest.param(
+            lambda: layer_input_model(_two_inputs(), [_two_inputs().layers[-1]]), ValueError, "2 inputs", id="two inputs, probe"
+        ),
+        pytest.param(lambda: bn_variables(keras.Sequential([L.Dense(2), L.BatchNormalization(name="lazy")])), ValueError, "'lazy' is not built", id="not built"),
+    ],
+)
+def test_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_reestimation_never_half_writes_the_model():
+    """A later BN layer whose input is not finite: nothing is written, not even the earlier layers."""
+    model = _mlp()
+    dense2 = model.get_layer("dense2")
+    kernel = dense2.kernel.numpy()
+    kernel[0, 1] = np.nan
+    dense2.kernel.assign(kernel)
+    with assert_model_unchanged(model):
+        with pytest.raises(ValueError, match=r"BN layer 'bn2' is not finite on x in channels \[1\]"):
+            reestimate_bn_statistics(model, X)
+
+
+def test_reestimation_and_variances_on_a_channels_first_layer():
+    set_up(0)
+    model = keras.Sequential([keras.Input((3, 4)), L.Dense(4, name="dense"), L.BatchNormalization(axis=1, name="bn")])
+    _randomise(model, np.random.default_rng(6))
+    x = np.random.default_rng(7).normal(size=(30, 3, 4)).astype("float32")
+    dense = model.get_layer("dense")
+    z = x @ dense.kernel.numpy() + dense.bias.numpy()  # (30, 3, 4): 3 channels on axis 1
+    table = bn_input_variances(model, x, batch_size=10)
+    np.testing.assert_allclose(table["inference_variance"], z.var(axis=(0, 2)), rtol=1e-4)
+    batches = np.split(z, 3)
+    np.testing.assert_allclose(table["train_variance"], np.mean([b.var(axis=(0, 2)) for b in batches], 0), rtol=1e-4)
+    new = reestimate_bn_statistics(model, x, batch_size=7)
+    np.testing.assert_allclose(new["bn"][0], z.mean(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn").moving_variance.numpy(), z.var(axis=(0, 2)), rtol=1e-4)
+
+
+def test_a_sequential_model_reloaded_from_keras_file_can_be_probed(tmp_path):
+    """Keras rebuilds a loaded Sequential model several times; each rebuild is a call of its layers."""
+    model = _mlp(dropout=0.5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert len(loaded.get_layer("bn1")._inbound_nodes) > 1  # what made probed_bn_layers refuse it
+    assert [layer.name for layer in probed_bn_layers(loaded)] == ["bn1", "bn2"]
+    expected = reestimate_bn_statistics(model, X)
+    got = reestimate_bn_statistics(loaded, X)
+    for name in expected:
+        np.testing.assert_allclose(got[name][1], expected[name][1], rtol=1e-6)
 
 
 def test_after_reestimation_moving_variance_is_the_inference_variance():
@@ -204,7 +261,7 @@ def test_bn_layers_finds_nested_models():
     assert len(bn_variables(outer)) == 7
 
 
-def test_bad_inputs_raise():
+def test_bn_variables_refuses_a_model_without_bn():
     with pytest.raises(TypeError, match="keras.Model"):
         bn_variables("not a model")
     plain = keras.Sequential([keras.Input((3,)), L.Dense(2)], name="plain")
@@ -212,8 +269,7 @@ def test_bad_inputs_raise():
         bn_variables(plain)
 
 
-rng = np.random.default_rng(0)
-GAUSS = rng.normal(loc=3.0, scale=2.0, size=(20000, 4))
+GAUSS = np.random.default_rng(0).normal(loc=3.0, scale=2.0, size=(20000, 4))
 
 
 def test_spread_of_independent_values_follows_the_textbook_formulas():
@@ -228,7 +284,7 @@ def test_spread_of_independent_values_follows_the_textbook_formulas():
 
 
 def test_spread_matches_a_direct_numpy_computation_with_the_same_draws():
-    x = rng.normal(size=(50, 3, 3, 2))
+    x = np.random.default_rng(20).normal(size=(50, 3, 3, 2))
     table = batch_statistics_spread(x, [5], n_batches=7, seed=3)
     draws = np.random.default_rng(3)
     picks = [draws.choice(50, 5, replace=False) for _ in range(7)]
@@ -268,7 +324,10 @@ def test_bn_layers_knows_both_classes_and_probed_layers_say_why_not():
     model = keras.Sequential([keras.Input((6,)), L.Dense(4), BatchNorm(name="mine"), L.BatchNormalization(name="keras")])
     assert [layer.name for layer in bn_layers(model)] == ["mine", "keras"]
     assert probed_bn_layers(model) == bn_layers(model)
-    assert BN_TYPES == (L.BatchNormalization, BatchNorm)
+    class MyBN(L.BatchNormalization):
+        pass
+
+    assert isinstance(MyBN(), BN_TYPES)  # subclasses of either class count too
     outer = keras.Sequential([keras.Input((6,)), two_bn_model(), L.Dense(1)])
     with pytest.raises(ValueError, match="nested"):
         probed_bn_layers(outer)
@@ -281,7 +340,7 @@ def test_bn_layers_knows_both_classes_and_probed_layers_say_why_not():
 def test_layer_input_model_outputs_each_layers_input():
     model = two_bn_model()
     probe = layer_input_model(model, [model.get_layer("bn1"), model.get_layer("bn2")])
-    x = rng.normal(size=(5, 6)).astype("float32")
+    x = np.random.default_rng(21).normal(size=(5, 6)).astype("float32")
     first, second = probe(x)
     np.testing.assert_allclose(first, model.get_layer("dense")(x), rtol=1e-6)
     assert second.shape == (5, 3)
@@ -293,7 +352,7 @@ def test_layer_input_model_outputs_each_layers_input():
 
 
 def test_channel_moments_respect_the_axis():
-    x = rng.normal(size=(4, 3, 5, 5))  # channels first: 3 channels on axis 1
+    x = np.random.default_rng(22).normal(size=(4, 3, 5, 5))  # channels first: 3 channels on axis 1
     mean, var = channel_moments(x, axis=1)
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)))
     np.testing.assert_allclose(var, x.var(axis=(0, 2, 3)))
@@ -311,7 +370,7 @@ def test_channel_moments_respect_the_axis():
 
 def test_unchanged_state_restores_moving_statistics_even_on_error():
     model = two_bn_model(momentum=0.0)
-    x = rng.normal(3.0, 2.0, size=(16, 6)).astype("float32")
+    x = np.random.default_rng(23).normal(3.0, 2.0, size=(16, 6)).astype("float32")
     before = [v.numpy() for v in model.non_trainable_variables]
     with unchanged_state(model):
         model(x, training=True)
@@ -329,9 +388,19 @@ def test_unchanged_state_restores_moving_statistics_even_on_error():
 
 
 def test_spread_honours_a_channels_first_axis():
-    x = rng.normal(size=(40, 2, 3, 3))
+    x = np.random.default_rng(24).normal(size=(40, 2, 3, 3))
     first = batch_statistics_spread(x, [4], n_batches=5, seed=2, axis=1)
     last = batch_statistics_spread(np.moveaxis(x, 1, -1), [4], n_batches=5, seed=2)
     np.testing.assert_allclose(first.to_numpy(), last.to_numpy(), rtol=1e-10)
     with pytest.raises(ValueError, match="channel axis"):
         batch_statistics_spread(x, [4], axis=0)
+
+
+def test_spread_honours_the_seed_offset(monkeypatch):
+    x = np.random.default_rng(25).normal(size=(60, 3))
+    unshifted = batch_statistics_spread(x, [4], n_batches=5, seed=103)
+    monkeypatch.setenv("BNBOOK_SEED_OFFSET", "100")
+    shifted = batch_statistics_spread(x, [4], n_batches=5, seed=3)
+    pd.testing.assert_frame_equal(shifted, unshifted)
+    monkeypatch.delenv("BNBOOK_SEED_OFFSET")
+    assert not batch_statistics_spread(x, [4], n_batches=5, seed=3).equals(unshifted)

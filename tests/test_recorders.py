@@ -116,29 +116,33 @@ def test_percentile_drift_by_hand():
     assert drift[1] == pytest.approx(4.0 / 2.0)
 
 
-def test_bad_arguments():
-    x, y = _data()
-    with pytest.raises(ValueError, match="every"):
-        InputPercentiles("act", x, every=0)
-    with pytest.raises(TypeError, match="every"):
-        StepAccuracy(x, y, every=1.5)
-    with pytest.raises(ValueError, match="percentiles"):
-        InputPercentiles("act", x, every=1, percentiles=(50, 101))
-    with pytest.raises(TypeError, match="layer"):
-        InputPercentiles(3, x, every=1)
-    with pytest.raises(TypeError, match="training"):
-        InputPercentiles("act", x, every=1, training="yes")
-    with pytest.raises(ValueError, match="same length"):
-        StepAccuracy(x, y[:-1], every=1)
-    # Before fit, every recorder's table is empty, with its columns.
-    assert list(InputPercentiles("act", x, every=1).table.columns) == ["step", "unit", "percentile", "value"]
-    assert list(StepAccuracy(x, y, every=1).table.columns) == ["step", "accuracy"]
-    assert BNRecorder().table.empty
-    table = pd.DataFrame({"step": [0], "unit": [0], "percentile": [50.0], "value": [0.0]})
-    with pytest.raises(ValueError, match="not recorded"):
-        percentile_drift(table)
-    with pytest.raises(ValueError, match="high must be greater"):
-        percentile_drift(table, low=50, high=50)
+X, Y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
+TABLE = pd.DataFrame({"step": [0], "unit": [0], "percentile": [50.0], "value": [0.0]})
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        pytest.param(lambda: InputPercentiles("act", X, every=0), ValueError, "every must be >= 1", id="every 0"),
+        pytest.param(lambda: StepAccuracy(X, Y, every=1.5), TypeError, "every must be an int", id="every 1.5"),
+        pytest.param(lambda: InputPercentiles("act", X, every=1, percentiles=(50, 101)), ValueError, "percentiles", id="101"),
+        pytest.param(lambda: InputPercentiles(3, X, every=1), TypeError, "layer must be", id="layer 3"),
+        pytest.param(lambda: InputPercentiles("act", X, every=1, training="yes"), TypeError, "training", id="training yes"),
+        pytest.param(lambda: StepAccuracy(X, Y[:-1], every=1), ValueError, "same length", id="lengths"),
+        pytest.param(lambda: percentile_drift(TABLE), ValueError, "not recorded", id="drift not recorded"),
+        pytest.param(lambda: percentile_drift(TABLE, low=50, high=50), ValueError, "high must be greater", id="drift low=high"),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_tables_are_empty_with_their_columns_before_fit():
+    assert list(InputPercentiles("act", X, every=1).table.columns) == ["step", "unit", "percentile", "value"]
+    assert list(StepAccuracy(X, Y, every=1).table.columns) == ["step", "accuracy"]
+    table = BNRecorder().table
+    assert table.empty and list(table.columns) == ["step", "epoch", "layer", "variable", "feature", "value"]
 
 
 def test_bn_recorder_bad_inputs_raise():
@@ -146,7 +150,7 @@ def test_bn_recorder_bad_inputs_raise():
         BNRecorder([L.Dense(2)])
     with pytest.raises(ValueError, match="every"):
         BNRecorder(every=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="every must be an int, got 1.5"):
         BNRecorder(every=1.5)
     with pytest.raises(ValueError, match="empty"):
         BNRecorder(inputs=np.zeros((0, 6)))
@@ -229,3 +233,61 @@ def test_recorder_rejects_nested_layers_with_inputs():
     recorder.set_model(outer)
     with pytest.raises(ValueError, match="nested"):
         recorder.on_train_begin()
+
+
+def test_bn_recorder_on_a_model_without_bn_says_so():
+    model = _model(bn=False)
+    recorder = BNRecorder()
+    recorder.set_model(model)
+    with pytest.raises(ValueError, match="has no BN layer to record"):
+        recorder.on_train_begin()
+
+
+def test_bn_recorder_finds_the_bn_layers_of_a_nested_model():
+    set_up(0)
+    inner = two_bn_model()
+    outer = keras.Sequential([keras.Input((6,)), inner, L.Dense(2, activation="softmax")])
+    x, y = np.random.default_rng(3).normal(size=(16, 6)).astype("float32"), np.arange(16) % 2
+    recorder = BNRecorder()
+    _fit(outer, recorder, x, y, epochs=1, batch_size=8)
+    assert [layer.name for layer in recorder.layers] == ["bn1", "bn2"]
+    end = recorder.table[recorder.table["step"] == 2]
+    moving = end[(end["layer"] == "bn1") & (end["variable"] == "moving_mean")]["value"]
+    np.testing.assert_allclose(moving, inner.get_layer("bn1").moving_mean.numpy(), rtol=1e-6)
+
+
+def test_bn_recorder_every_k_steps_with_steps_per_execution():
+    set_up(0)
+    model = two_bn_model()
+    x, y = np.random.default_rng(4).normal(size=(48, 6)).astype("float32"), np.arange(48) % 2
+    recorder = BNRecorder(every=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", steps_per_execution=2)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[recorder], shuffle=False)
+    assert sorted(recorder.table["step"].unique()) == [0, 2, 4, 6]
+
+
+def test_input_percentiles_accepts_the_layer_object():
+    set_up(0)
+    model = _model(bn=False)
+    x, _ = _data()
+    by_name, by_object = InputPercentiles("act", x, every=1), InputPercentiles(model.get_layer("act"), x, every=1)
+    for recorder in (by_name, by_object):
+        recorder.set_model(model)
+        recorder.on_train_begin()
+    pd.testing.assert_frame_equal(by_name.table, by_object.table)
+    assert len(by_object.table) == 3 * 3
+
+
+def test_steps_to_reach_sorts_the_curve_by_step():
+    curve = pd.DataFrame({"step": [30, 0, 20, 10], "accuracy": [0.95, 0.1, 0.9, 0.5]})
+    assert steps_to_reach(curve, 0.85) == 20  # not 30, the first row
+
+
+def test_percentile_drift_of_a_unit_with_zero_spread():
+    rows = []
+    for step, level in ((0, 0.0), (10, 0.0), (20, 1.0)):
+        for q in (15.0, 85.0):
+            rows.append({"step": step, "unit": 0, "percentile": q, "value": 0.0})  # dead: constant 0
+            rows.append({"step": step, "unit": 1, "percentile": q, "value": level})  # constant, but moves
+    drift = percentile_drift(pd.DataFrame(rows))
+    assert np.isnan(drift[0]) and drift[1] == np.inf

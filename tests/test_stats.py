@@ -1,13 +1,11 @@
 """bnbook.stats: paired differences, intervals against scipy, verdicts, the figure, bad input."""
 
-import matplotlib
-
-matplotlib.use("Agg")
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as st
+from scipy import special
 
 from bnbook.stats import MIN_SEEDS_FOR_VERDICT, compare_paired, paired_differences, plot_paired_differences
 
@@ -28,6 +26,19 @@ def test_paired_differences_takes_the_last_epoch_seed_by_seed():
     np.testing.assert_allclose(diff.to_numpy(), [0.05, -0.1, 0.0], atol=1e-12)
 
 
+def test_paired_differences_without_an_epoch_column_takes_each_row():
+    table = pd.DataFrame({"variant": ["a", "b", "a", "b"], "seed": [1, 1, 0, 0], "val_accuracy": [0.9, 0.8, 0.7, 0.75]})
+    diff = paired_differences(table, "a", "b")
+    assert diff.index.tolist() == [0, 1]
+    np.testing.assert_allclose(diff.to_numpy(), [-0.05, 0.1])
+
+
+def test_paired_differences_refuses_several_rows_per_run():
+    table = _results([0.9, 0.8], [0.85, 0.9], epochs=1)
+    with pytest.raises(ValueError, match=r"several rows per \(variant, seed\)"):
+        paired_differences(pd.concat([table, table]), "a", "b")
+
+
 def test_paired_differences_rejects_unpaired_seeds_and_unknown_groups():
     table = _results([0.9, 0.8], [0.85, 0.9])
     with pytest.raises(ValueError, match="not run for both"):
@@ -42,16 +53,53 @@ def test_paired_differences_rejects_unpaired_seeds_and_unknown_groups():
         paired_differences([1, 2], "a", "b")
 
 
-def test_interval_and_p_value_match_scipy():
-    values = np.array([0.012, -0.003, 0.008, 0.004, 0.01, 0.0, 0.007, 0.002, 0.011, 0.005])
-    summary = compare_paired(values)
-    half = st.t.ppf(0.975, 9) * values.std(ddof=1) / np.sqrt(10)
-    assert summary.n == 10 and summary.mean == pytest.approx(values.mean())
-    assert (summary.low, summary.high) == pytest.approx((values.mean() - half, values.mean() + half))
-    assert summary.p == pytest.approx(st.ttest_1samp(values, 0).pvalue)
+VALUES = [0.012, -0.003, 0.008, 0.004, 0.01, 0.0, 0.007, 0.002, 0.011, 0.005]
+# Student's t quantiles for 9 degrees of freedom, from a printed table (two-sided 95 % and 90 %).
+T_975_9, T_95_9 = 2.262157, 1.833113
+
+
+def _by_hand(values, t_quantile):
+    """Mean, sample std, interval and two-sided p by the textbook formulas, without scipy.stats."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile * sd / math.sqrt(n)
+    t = mean / (sd / math.sqrt(n))
+    p = special.betainc((n - 1) / 2, 0.5, (n - 1) / ((n - 1) + t * t))  # P(|T| > t), T ~ t(n - 1)
+    return mean, sd, mean - half, mean + half, p
+
+
+@pytest.mark.parametrize(("confidence", "t_quantile"), [(0.95, T_975_9), (0.90, T_95_9)])
+def test_interval_and_p_value_match_the_textbook_formulas(confidence, t_quantile):
+    mean, sd, low, high, p = _by_hand(VALUES, t_quantile)
+    assert (mean, sd) == pytest.approx((0.0056, 0.00492612), rel=1e-6)  # by hand: sum 0.056, SS 0.0002184
+    summary = compare_paired(VALUES, confidence=confidence)
+    assert summary.n == 10 and summary.confidence == confidence
+    assert (summary.mean, summary.std) == pytest.approx((mean, sd), rel=1e-12)
+    assert (summary.low, summary.high) == pytest.approx((low, high), rel=1e-6)  # the table has 7 digits
+    assert summary.p == pytest.approx(p, rel=1e-9)
     assert (summary.wins, summary.losses, summary.ties) == (8, 1, 1)
     assert summary.verdict == "a better"
-    assert compare_paired(-values).verdict == "b better"
+    assert compare_paired([-v for v in VALUES], confidence=confidence).verdict == "b better"
+
+
+def test_a_wider_confidence_gives_a_wider_interval():
+    narrow, wide = compare_paired(VALUES, confidence=0.8), compare_paired(VALUES, confidence=0.99)
+    assert wide.low < narrow.low < narrow.high < wide.high
+
+
+@pytest.mark.parametrize(
+    ("values", "p", "verdict"),
+    [
+        (np.zeros(10), 1.0, "equivalent"),  # no difference at all on any seed, inside the margin
+        (np.full(10, 0.5), 0.0, "a better"),  # the same exactly representable gain on every seed
+        (np.full(10, -0.25), 0.0, "b better"),
+    ],
+)
+def test_constant_differences_take_the_zero_std_branches(values, p, verdict):
+    summary = compare_paired(values, margin=0.1)
+    assert summary.std == 0.0 and summary.p == p and summary.verdict == verdict
+    assert summary.low == summary.high == summary.mean
 
 
 def test_verdicts_need_enough_seeds_and_a_margin_for_equivalence():
@@ -86,8 +134,19 @@ def test_plot_draws_one_row_per_comparison_with_the_interval():
     diffs = {"x - y": np.array([0.01, 0.02, 0.0]), "x - z": np.array([-0.01, 0.0, 0.01])}
     ax = plot_paired_differences(diffs, margin=0.005)
     assert [t.get_text().split("\n")[0] for t in ax.get_yticklabels()] == ["x - y", "x - z"]
-    # The mean of the first row, in points, is where its diamond is drawn.
+    # The mean of each row, in points, is where its diamond is drawn.
     means = [line.get_xdata()[0] for line in ax.lines if line.get_marker() == "D"]
     assert means == pytest.approx([1.0, 0.0])
+    # The margin band spans -margin to +margin, in points.
+    (band,) = ax.patches
+    assert (band.get_x(), band.get_x() + band.get_width()) == pytest.approx((-0.5, 0.5))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["±0.5 margin"]
+
+
+def test_plot_without_margin_has_no_band_and_refuses_bad_rows():
+    ax = plot_paired_differences({"x - y": [0.01, 0.02, 0.0]})
+    assert not ax.patches and ax.get_legend() is None
     with pytest.raises(ValueError, match="non-empty mapping"):
         plot_paired_differences({})
+    with pytest.raises(ValueError, match="at least 2 paired differences"):
+        plot_paired_differences({"one seed": [0.01]})

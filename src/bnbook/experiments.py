@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._checks import check_int, check_model, require_columns
+from bnbook._checks import check_int, check_model, check_sequence, require_columns
 from bnbook.quiet import show_progress
 from bnbook.reproducibility import set_up
 
@@ -123,7 +123,8 @@ def train(
         the epoch (validation included).
 
     Raises:
-        TypeError: ``model`` is not a Keras model, or ``epochs``/``batch_size`` not ints.
+        TypeError: ``model`` is not a Keras model, ``epochs``/``batch_size`` not ints, or
+            ``callbacks`` not a list of Keras callbacks.
         ValueError: ``model`` is not compiled, or ``epochs``/``batch_size`` < 1.
     """
     check_model(model)
@@ -133,6 +134,10 @@ def train(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if validation_batch_size is not None:
         validation_batch_size = check_int(validation_batch_size, "validation_batch_size", minimum=1)
+    if isinstance(callbacks, keras.callbacks.Callback) or not all(
+        isinstance(c, keras.callbacks.Callback) for c in check_sequence(callbacks, "callbacks", "[keras.callbacks.EarlyStopping()]")
+    ):
+        raise TypeError(f"callbacks must be a list of keras.callbacks.Callback objects, got {callbacks!r}")
     timer = _EpochTimer()
     history = model.fit(
         x,
@@ -159,6 +164,8 @@ class _GraphCache:
         self.by_signature: dict[str, keras.Model] = {}
 
     def model_for(self, name: str, fresh: keras.Model) -> keras.Model:
+        if not fresh.trainable_variables:  # not built yet (a subclassed model): fit builds it, nothing to share
+            return fresh
         fresh.optimizer.build(fresh.trainable_variables)
         signature = _graph_signature(fresh)
         candidate = self.by_variant.get(name)
@@ -233,20 +240,35 @@ def run_experiments(
         ``learning_rate``), ``seed``, then those of :func:`train`.
 
     Raises:
-        TypeError: A variant's function or ``learning_rate`` is not callable, a
-            variant does not return a Keras model, a batch size is not an int, or
-            ``models`` is not a dict.
-        ValueError: ``variants``, ``seeds`` or the batch sizes are empty, a batch size
-            < 1, or a learning rate is not positive.
+        TypeError: ``variants`` is not a dict, a variant's function, ``learning_rate``
+            or ``callbacks`` is not callable, a variant does not return a Keras model,
+            ``seeds`` is not a sequence of ints, ``batch_size`` is neither an int nor a
+            sequence of ints, or ``models`` is not a dict.
+        ValueError: ``variants``, ``seeds`` or the batch sizes are empty, a seed appears
+            twice or is negative, a batch size < 1, a learning rate is not positive, or
+            a variant returns a model that is not compiled.
     """
+    if not isinstance(variants, Mapping):
+        raise TypeError(f"variants must be a dict {{name: function returning a compiled model}}, got {type(variants).__name__}")
     if not variants:
         raise ValueError("variants is empty: pass {'name': build_fn, ...}")
+    seeds = [check_int(seed, "each seed", minimum=0) for seed in check_sequence(seeds, "seeds", "[0, 1, 2]")]
     if len(seeds) == 0:
         raise ValueError("seeds is empty: pass at least one seed, e.g. [0, 1, 2]")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(f"seeds {repeated} appear more than once in seeds={seeds}: each seed is one run, pass distinct seeds")
     for name, build in variants.items():
         if not callable(build):
             raise TypeError(f"variant {name!r} must map to a function returning a compiled model, got {build!r}")
+    if callbacks is not None and not callable(callbacks):
+        raise TypeError(
+            "callbacks must be a function returning fresh callbacks for each run, e.g. "
+            f"lambda: [keras.callbacks.EarlyStopping()]; got {type(callbacks).__name__}"
+        )
     grid = not isinstance(batch_size, (int, np.integer))
+    if grid:
+        batch_size = check_sequence(batch_size, "batch_size", "64 or [2, 8, 32]")
     if grid and len(batch_size) == 0:  # type: ignore[arg-type]
         raise ValueError("batch_size is an empty sequence: pass one batch size or e.g. [2, 8, 32]")
     sizes = [check_int(b, "batch size", minimum=1) for b in (batch_size if grid else [batch_size])]  # type: ignore[union-attr]
@@ -273,8 +295,19 @@ def run_experiments(
                 fresh = build()
                 if not isinstance(fresh, keras.Model):
                     raise TypeError(f"variant {name!r} returned {type(fresh).__name__}, not a keras.Model")
+                if not fresh.compiled:
+                    raise ValueError(
+                        f"variant {name!r} returned a model that is not compiled: call "
+                        "model.compile(optimizer=..., loss=..., metrics=[...]) in its function"
+                    )
                 if learning_rate is not None:
-                    fresh.optimizer.learning_rate = rates[size]
+                    try:
+                        fresh.optimizer.learning_rate = rates[size]
+                    except TypeError as error:  # e.g. an optimizer built on a LearningRateSchedule
+                        raise TypeError(
+                            f"learning_rate= sets the optimizer's learning rate for each batch size, but variant "
+                            f"{name!r}'s optimizer does not allow it ({error}); compile it with a float learning rate"
+                        ) from error
                 model = cache.model_for(name, fresh) if reuse_graphs else fresh
                 table = train(
                     model,

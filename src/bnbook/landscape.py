@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from bnbook._checks import check_model, require_columns
+from bnbook._checks import check_bool, check_finite, check_model, check_model_inputs, check_sequence, require_columns
 
 __all__ = ["profile_along_gradient", "summarize_profile"]
 
@@ -61,22 +61,31 @@ def profile_along_gradient(
         norms are over all trainable variables together.
 
     Raises:
-        TypeError: ``model`` is not a Keras model, or ``training`` not a bool.
-        ValueError: ``step_sizes`` is empty or has a negative value; the model has
-            no trainable variables; ``x`` and ``y`` differ in length.
+        TypeError: ``model`` is not a Keras model, ``training`` not a bool,
+            ``step_sizes`` not a sequence of numbers, or ``x`` integer where the model
+            takes floats (convert 0-255 images first).
+        ValueError: ``step_sizes`` is empty or has a negative or non-finite value; the
+            model has no trainable variables; ``x`` and ``y`` differ in length or hold
+            NaN or inf.
     """
     check_model(model)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {training!r}")
-    etas = [float(s) for s in step_sizes]
+    check_bool(training, "training")
+    steps = check_sequence(step_sizes, "step_sizes", "[0.0, 0.1, 0.2]")
+    try:
+        etas = [float(s) for s in steps]
+    except (TypeError, ValueError):
+        raise TypeError(f"step_sizes must be numbers, e.g. [0.0, 0.1, 0.2]; got {steps!r}") from None
     if not etas:
         raise ValueError("step_sizes is empty: pass e.g. [0.0, 0.1, 0.2]")
-    if any(not s >= 0 for s in etas):
-        raise ValueError(f"step sizes must be >= 0, got {list(step_sizes)}")
+    if any(not (s >= 0 and np.isfinite(s)) for s in etas):
+        raise ValueError(f"step sizes must be finite and >= 0, got {steps}")
     if not model.trainable_variables:
         raise ValueError("the model has no trainable variables (is it built?)")
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    x, y = np.asarray(x), np.asarray(y)
+    check_model_inputs(model, x)
+    check_finite(y, "y")
     loss_fn = loss if loss is not None else keras.losses.SparseCategoricalCrossentropy()
     x = tf.convert_to_tensor(x)
     y = tf.convert_to_tensor(y)

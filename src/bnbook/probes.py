@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._checks import check_int, check_model
+from bnbook._checks import check_finite, check_int, check_model, check_model_inputs, check_sequence
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import shifted
 
@@ -101,10 +101,24 @@ def probed_bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
     if len(model.inputs) != 1:
         raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
     for layer in top:
-        calls = len(getattr(layer, "_inbound_nodes", [None]))
+        calls = len(_graph_nodes(model, layer))
         if calls != 1:
             raise ValueError(f"BN layer {layer.name!r} must be called exactly once in the model, not {calls} times")
     return top
+
+
+def _graph_nodes(model: keras.Model, layer: keras.layers.Layer) -> list:
+    """The calls of ``layer`` in ``model``'s own graph (Keras nodes), in graph order.
+
+    Not ``layer._inbound_nodes``, which also holds calls outside this graph: a Sequential
+    model rebuilt on loading from a ``.keras`` file keeps one per rebuild (Keras 3.15,
+    ``Sequential._maybe_rebuild``), and so does a layer reused in another model.
+    """
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    by_depth = getattr(graph, "_nodes_by_depth", None)
+    if by_depth is None:  # not a graph model: every recorded call
+        return list(getattr(layer, "_inbound_nodes", []))
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth] if node.operation is layer]
 
 
 def _contains_bn(layer: keras.layers.Layer) -> bool:
@@ -131,13 +145,16 @@ def layer_input_model(model: keras.Model, layers: Sequence[keras.layers.Layer]) 
         raise ValueError("layers is empty: pass the layers whose inputs to output")
     if len(model.inputs) != 1:
         raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
+    inputs = []
     for layer in layers:
         if layer not in model.layers:
             raise ValueError(f"layer {layer.name!r} is not a top-level layer of model {model.name!r} (nested?)")
-        calls = len(getattr(layer, "_inbound_nodes", [None]))
-        if calls != 1:
-            raise ValueError(f"layer {layer.name!r} must be called exactly once in the model, not {calls} times")
-    return keras.Model(model.inputs[0], [layer.input for layer in layers])
+        nodes = _graph_nodes(model, layer)
+        if len(nodes) != 1:
+            raise ValueError(f"layer {layer.name!r} must be called exactly once in the model, not {len(nodes)} times")
+        tensors = nodes[0].input_tensors
+        inputs.append(tensors[0] if len(tensors) == 1 else list(tensors))
+    return keras.Model(model.inputs[0], inputs)
 
 
 def _outputs(probe: keras.Model, x: np.ndarray, training: bool) -> list[np.ndarray]:
@@ -217,12 +234,13 @@ def unchanged_state(model: keras.Model) -> Iterator[keras.Model]:
             variable.assign(value)
 
 
-def _check_data(x: object, batch_size: int) -> tuple[np.ndarray, int]:
+def _check_data(model: keras.Model, x: object, batch_size: int) -> tuple[np.ndarray, int]:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a NumPy array of model inputs, got {type(x).__name__}")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if len(x) < 2:
         raise ValueError(f"x must hold at least 2 examples to give a variance, got {len(x)}")
+    check_model_inputs(model, x)
     return x, batch_size
 
 
@@ -288,23 +306,39 @@ def reestimate_bn_statistics(
         arrays, in layer order.
 
     Raises:
-        TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array, or
-            ``batch_size`` not an int.
-        ValueError: As :func:`probed_bn_layers`, fewer than 2 examples, or ``batch_size`` < 1.
+        TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array (or integer
+            where the model takes floats: convert 0-255 images first), or ``batch_size``
+            not an int.
+        ValueError: As :func:`probed_bn_layers`, fewer than 2 examples, NaN or inf in
+            ``x`` or in a BN layer's input, or ``batch_size`` < 1. Nothing is written
+            then: the model is left as it was.
     """
     layers = probed_bn_layers(model)
-    x, batch_size = _check_data(x, batch_size)
+    x, batch_size = _check_data(model, x, batch_size)
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
     new: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for layer in layers:
-        probe = layer_input_model(model, [layer])
-        moments = _Moments()
-        for start in range(0, len(x), batch_size):
-            (values,) = _outputs(probe, x[start : start + batch_size], training=False)
-            moments.add(_channel_rows(values, layer.axis))
-        mean, variance = moments.mean.astype(np.float32), moments.variance.astype(np.float32)
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)
-        new[layer.name] = (mean, variance)
+    try:
+        for layer in layers:
+            probe = layer_input_model(model, [layer])
+            moments = _Moments()
+            for start in range(0, len(x), batch_size):
+                (values,) = _outputs(probe, x[start : start + batch_size], training=False)
+                moments.add(_channel_rows(values, layer.axis))
+            mean, variance = moments.mean.astype(np.float32), moments.variance.astype(np.float32)
+            bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(variance))).tolist()
+            if bad:  # e.g. an overflow, or NaN weights upstream: nothing is written
+                raise ValueError(
+                    f"the input of BN layer {layer.name!r} is not finite on x in channels {bad}: "
+                    "check the weights before it; the model was left as it was"
+                )
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+            new[layer.name] = (mean, variance)
+    except BaseException:  # never leave the model half re-estimated
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        raise
     return new
 
 
@@ -338,10 +372,11 @@ def bn_input_variances(model: keras.Model, x: np.ndarray, *, batch_size: int = 6
     Raises:
         TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array, or
             ``batch_size`` not an int.
-        ValueError: As :func:`reestimate_bn_statistics`, or fewer than ``batch_size`` examples.
+        ValueError: As :func:`reestimate_bn_statistics` (NaN or inf in ``x``), or fewer
+            than ``batch_size`` examples.
     """
     layers = probed_bn_layers(model)
-    x, batch_size = _check_data(x, batch_size)
+    x, batch_size = _check_data(model, x, batch_size)
     if len(x) < batch_size:
         raise ValueError(f"x has {len(x)} examples, fewer than one batch of batch_size={batch_size}")
     probe = layer_input_model(model, layers)
@@ -409,18 +444,21 @@ def batch_statistics_spread(
         ``variance_error`` (root mean squares, as above).
 
     Raises:
-        TypeError: A batch size, ``n_batches``, ``seed`` or ``axis`` is not an int.
-        ValueError: ``features`` has fewer than 2 axes, ``axis`` is the examples' axis
+        TypeError: ``batch_sizes`` is not a sequence, or a batch size, ``n_batches``,
+            ``seed`` or ``axis`` is not an int.
+        ValueError: ``features`` has NaN or inf, fewer than 2 axes, ``axis`` is the examples' axis
             or out of range, a channel has zero variance, ``batch_sizes`` is empty, or a
             batch size is outside ``[1, N]``.
     """
     x = np.asarray(features, dtype=np.float64)
+    check_finite(x, "features")
     if x.ndim < 2:
         raise ValueError(f"features must have shape (N, C) or (N, ..., C), got shape {x.shape}")
     axis = check_int(axis, "axis")
     if not -x.ndim <= axis < x.ndim or axis % x.ndim == 0:
         raise ValueError(f"axis must be a channel axis of features of shape {x.shape}: 1 to {x.ndim - 1} or -1; got {axis}")
     n_examples = x.shape[0]
+    batch_sizes = check_sequence(batch_sizes, "batch_sizes", "[2, 8, 32]")
     if len(batch_sizes) == 0:
         raise ValueError("batch_sizes is empty: pass e.g. [2, 8, 32]")
     sizes = [check_int(b, "batch size", minimum=1) for b in batch_sizes]

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._checks import check_int, require_columns
+from bnbook._checks import check_bool, check_finite, check_int, check_model_inputs, check_sequence, require_columns
 from bnbook.probes import BN_TYPES, BN_VARIABLES, bn_layers, channel_moments, layer_input_model
 
 __all__ = ["BNRecorder", "InputPercentiles", "StepAccuracy", "percentile_drift", "steps_to_reach"]
@@ -39,6 +39,7 @@ def _as_batch(x: Any, what: str) -> np.ndarray:
     array = np.asarray(x)
     if array.ndim < 2 or len(array) == 0:
         raise ValueError(f"{what} must be a non-empty batch (at least 2 dimensions), got shape {array.shape}")
+    check_finite(array, what)
     return array
 
 
@@ -112,9 +113,11 @@ class BNRecorder(_Recorder):
     (index) and ``value``.
 
     Raises:
-        TypeError: ``layers`` holds something other than BN layers, or ``every`` is
-            not an int.
-        ValueError: ``layers`` is empty, ``every`` < 1, or ``inputs`` is empty.
+        TypeError: ``layers`` is a single layer or holds something other than BN
+            layers, or ``every`` is not an int; when training starts, ``inputs`` is
+            integer where the model takes floats.
+        ValueError: ``layers`` is empty, ``every`` < 1, or ``inputs`` is empty or holds
+            NaN or inf.
     """
 
     _columns = ("step", "epoch", "layer", "variable", "feature", "value")
@@ -127,6 +130,8 @@ class BNRecorder(_Recorder):
         inputs: np.ndarray | None = None,
     ) -> None:
         super().__init__(every)
+        if isinstance(layers, keras.layers.Layer):
+            raise TypeError(f"layers must be a list of BN layers (or None); wrap one layer in a list: [{layers.name!r} layer]")
         if layers is not None:
             layers = list(layers)
             for layer in layers:
@@ -140,7 +145,7 @@ class BNRecorder(_Recorder):
         self._layers = layers
         if inputs is not None and len(inputs) == 0:
             raise ValueError("inputs is empty: pass some examples, or None")
-        self.inputs = inputs
+        self.inputs = None if inputs is None else _as_batch(inputs, "inputs")
         self._epoch = 0
         self._probe: keras.Model | None = None
 
@@ -155,6 +160,7 @@ class BNRecorder(_Recorder):
             if not self._layers:
                 raise ValueError(f"model {self.model.name!r} has no BN layer to record")
         if self.inputs is not None and self._probe is None:
+            check_model_inputs(self.model, self.inputs, "inputs")
             self._probe = layer_input_model(self.model, self._layers)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -211,9 +217,10 @@ class InputPercentiles(_Recorder):
 
     Raises:
         TypeError: ``layer`` is neither a str nor a Keras layer; ``every`` not an int;
-            ``training`` not a bool.
-        ValueError: ``every`` < 1, a percentile outside [0, 100], ``percentiles``
-            empty, or ``probe_x`` not a non-empty batch.
+            ``training`` not a bool; ``percentiles`` not a sequence; when training
+            starts, ``probe_x`` integer where the model takes floats.
+        ValueError: ``every`` < 1, a percentile not a number in [0, 100], ``percentiles``
+            empty, or ``probe_x`` not a non-empty batch or holding NaN or inf.
     """
 
     _columns = ("step", "unit", "percentile", "value")
@@ -228,16 +235,15 @@ class InputPercentiles(_Recorder):
         training: bool = False,
     ) -> None:
         super().__init__(every)
-        if not isinstance(training, bool):
-            raise TypeError(f"training must be True or False, got {training!r}")
-        self.training = training
+        self.training = check_bool(training, "training")
         if not isinstance(layer, (str, keras.layers.Layer)):
             raise TypeError(f"layer must be a layer name (str) or a keras layer, got {type(layer).__name__}")
+        percentiles = check_sequence(percentiles, "percentiles", "(15, 50, 85)")
         if len(percentiles) == 0:
             raise ValueError("percentiles is empty: pass e.g. (15, 50, 85)")
         for q in percentiles:
-            if not 0 <= float(q) <= 100:
-                raise ValueError(f"percentiles must be in [0, 100], got {q!r}")
+            if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)) or not 0 <= q <= 100:
+                raise ValueError(f"percentiles must be numbers in [0, 100], e.g. (15, 50, 85); got {q!r}")
         self.layer = layer
         self.probe_x = _as_batch(probe_x, "probe_x")
         self.percentiles = tuple(float(q) for q in percentiles)
@@ -248,6 +254,7 @@ class InputPercentiles(_Recorder):
         layer = self.model.get_layer(self.layer) if isinstance(self.layer, str) else self.layer
         axis = getattr(layer, "axis", -1)
         self._axis = axis if isinstance(axis, int) else -1
+        check_model_inputs(self.model, self.probe_x, "probe_x")
         self._probe = layer_input_model(self.model, [layer])
 
     def _record(self, step: int) -> None:
@@ -283,8 +290,9 @@ class StepAccuracy(_Recorder):
     ``table`` has the columns ``step`` and ``accuracy``.
 
     Raises:
-        TypeError: ``every`` is not an int.
-        ValueError: ``every`` < 1, or ``x`` and ``y`` differ in length.
+        TypeError: ``every`` is not an int; when training starts, ``x`` integer where
+            the model takes floats.
+        ValueError: ``every`` < 1, ``x`` and ``y`` differ in length, or ``x`` holds NaN or inf.
     """
 
     _columns = ("step", "accuracy")
@@ -295,6 +303,9 @@ class StepAccuracy(_Recorder):
         self.y = np.asarray(y).reshape(-1)
         if len(self.y) != len(self.x):
             raise ValueError(f"x and y must have the same length, got {len(self.x)} and {len(self.y)}")
+
+    def _prepare(self) -> None:
+        check_model_inputs(self.model, self.x, "x")
 
     def _record(self, step: int) -> None:
         outputs = keras.ops.convert_to_numpy(self.model(self.x, training=False))
@@ -334,7 +345,9 @@ def percentile_drift(records: pd.DataFrame, *, low: float = 15, high: float = 85
         low, high: The percentiles whose difference is the spread; both must be recorded.
 
     Returns:
-        The drift per unit (index ``unit``).
+        The drift per unit (index ``unit``). A unit whose spread is 0 (its input is
+        constant on the probe batch, e.g. a dead ReLU) has no scale: its drift is NaN
+        if its percentiles did not move, and inf if they did.
 
     Raises:
         TypeError: ``records`` is not a DataFrame.

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from bnbook._checks import check_int
+from bnbook._checks import check_bool, check_int
 from bnbook.quiet import quiet_tensorflow
 
 __all__ = ["SEED_OFFSET_VAR", "rng", "seed_offset", "set_up", "shifted"]
@@ -86,11 +86,14 @@ def set_up(seed: int = 0, *, deterministic: bool = True, quiet: bool = True) -> 
         The seed as given (the label a chapter shows), not the shifted one.
 
     Raises:
-        TypeError: If ``seed`` is not an ``int`` (``bool`` is rejected).
+        TypeError: If ``seed`` is not an ``int`` (``bool`` is rejected), or
+            ``deterministic``/``quiet`` not ``True`` or ``False`` (``"no"`` is not).
         ValueError: If ``seed`` is negative, or at least ``2**32`` once shifted, or
             ``BNBOOK_SEED_OFFSET`` is not a non-negative integer.
     """
     used = shifted(seed)
+    deterministic = check_bool(deterministic, "deterministic")
+    quiet = check_bool(quiet, "quiet")
     if quiet:
         quiet_tensorflow()
     import keras  # noqa: PLC0415

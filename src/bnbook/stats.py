@@ -94,6 +94,29 @@ class PairedComparison(dict):
             raise AttributeError(name) from None
 
 
+def _one_column(differences: object) -> np.ndarray:
+    """The per-seed differences as a 1-D float array; a table of several columns is refused, not flattened."""
+    if isinstance(differences, pd.DataFrame):
+        if differences.shape[1] != 1:
+            raise TypeError(
+                f"differences must be one difference per seed (a Series or 1-D array), got a DataFrame with "
+                f"columns {list(differences.columns)}: pass paired_differences(results, a, b), or table[a] - table[b]"
+            )
+        differences = differences.iloc[:, 0]
+    if isinstance(differences, Mapping):
+        raise TypeError(f"differences must be one difference per seed (a Series or 1-D array), got a {type(differences).__name__}")
+    try:
+        values = np.asarray(differences, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"differences must be numbers, got {differences!r}") from None
+    if values.ndim > 1 and sum(d > 1 for d in values.shape) > 1:
+        raise TypeError(
+            f"differences must be one difference per seed (1-D), got an array of shape {values.shape}: "
+            "subtract the two variants' columns first (a - b per seed)"
+        )
+    return values.ravel()
+
+
 def compare_paired(
     differences: pd.Series | np.ndarray,
     *,
@@ -112,16 +135,15 @@ def compare_paired(
         A :class:`PairedComparison`.
 
     Raises:
-        TypeError: ``differences`` is not numeric, or ``margin``/``confidence`` not a number.
+        TypeError: ``differences`` is not numeric, is a table of several columns or a 2-D
+            array (e.g. both variants' accuracies: pass their difference instead), or
+            ``margin``/``confidence`` not a number.
         ValueError: Fewer than 2 differences, a non-finite one, ``margin <= 0`` or
             ``confidence`` outside (0, 1).
     """
     from scipy import stats  # noqa: PLC0415  (scipy comes with scikit-learn)
 
-    try:
-        values = np.asarray(differences, dtype=float).ravel()
-    except (TypeError, ValueError):
-        raise TypeError(f"differences must be numbers, got {differences!r}") from None
+    values = _one_column(differences)
     if values.size < 2:
         raise ValueError(f"need at least 2 paired differences for an interval, got {values.size}")
     if not np.all(np.isfinite(values)):
@@ -129,7 +151,7 @@ def compare_paired(
     for name, value in (("margin", margin), ("confidence", confidence)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))):
             raise TypeError(f"{name} must be a number, got {value!r}")
-    if margin is not None and margin <= 0:
+    if margin is not None and not margin > 0:
         raise ValueError(f"margin must be > 0 (or None), got {margin}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -203,8 +225,8 @@ def plot_paired_differences(
     ax.axvline(0, color="0.4", linewidth=1, zorder=1)
     labels = list(differences)
     for row, label in enumerate(labels):
-        values = np.asarray(differences[label], dtype=float).ravel()
-        summary = compare_paired(values, margin=margin, confidence=confidence)
+        summary = compare_paired(differences[label], margin=margin, confidence=confidence)
+        values = _one_column(differences[label])
         jitter = np.linspace(-0.15, 0.15, values.size) if values.size > 1 else np.zeros(1)
         ax.scatter(values * scale, row + jitter, s=14, color="#0072B2", alpha=0.7, zorder=2)
         ax.errorbar(
@@ -216,7 +238,7 @@ def plot_paired_differences(
             capsize=4,
             zorder=3,
         )
-    ax.set_yticks(range(len(labels)), [f"{label}\n(n={len(np.ravel(differences[label]))})" for label in labels])
+    ax.set_yticks(range(len(labels)), [f"{label}\n(n={_one_column(differences[label]).size})" for label in labels])
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlabel(f"paired difference per seed ({unit}); diamond: mean, bar: {confidence:.0%} interval")
     ax.grid(axis="y", visible=False)
