@@ -693,7 +693,8 @@ def _operations(model: keras.Model) -> list[Any]:
 
 
 def _outputs(model: keras.Model, x: Any) -> list[np.ndarray]:
-    return [np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float64) for y in keras.tree.flatten(model(x, training=False))]
+    outputs = keras.tree.flatten(model(x, training=False))
+    return [np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float64) for y in outputs]
 
 
 def _low_precision(model: keras.Model) -> bool:
@@ -743,7 +744,8 @@ def fold_report(
         for value in keras.tree.flatten(verify):
             array = np.asarray(value)
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-                raise ValueError(f"verify holds {int(np.sum(~np.isfinite(array)))} non-finite values: pass finite inputs")
+                bad = int(np.sum(~np.isfinite(array)))
+                raise ValueError(f"verify holds {bad} non-finite values: pass finite inputs")
     operations = _operations(model)
     counts = {id(op): (len(op._inbound_nodes), len(op._outbound_nodes)) for op in operations}
     edges = _edges(model, options)
