@@ -7,7 +7,15 @@ import keras
 import numpy as np
 import pytest
 
-from bnbook.folding import BN_TYPES, FoldDecision, FoldingWarning, fold_batchnorm, folded_weights, plan_folding
+from bnbook.folding import (
+    BN_TYPES,
+    FoldDecision,
+    FoldingWarning,
+    fold_batchnorm,
+    fold_report,
+    folded_weights,
+    plan_folding,
+)
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import set_up
 
@@ -72,31 +80,54 @@ def test_conv_and_dense_stacks_fold_exactly(use_bias, center, scale, data_format
     assert folded.count_params() < model.count_params()
 
 
+def _conv2d_nchw(x, kernel, bias):
+    """A valid, stride-1 2D convolution of channels-first x with a Keras kernel (kh, kw, in, out), in NumPy."""
+    kh, kw = kernel.shape[:2]
+    rows, cols = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    out = np.zeros((x.shape[0], kernel.shape[-1], rows, cols))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nchw,co->nohw", x[:, :, i : i + rows, j : j + cols], kernel[i, j])
+    return out + bias[None, :, None, None]
+
+
+def _bn_nchw(z, bn):
+    """BN in inference mode along axis 1, from its variables, in NumPy (float64)."""
+    shape = (1, -1, 1, 1)
+    mean, var = bn.moving_mean.numpy().reshape(shape), bn.moving_variance.numpy().reshape(shape)
+    return bn.gamma.numpy().reshape(shape) * (z - mean) / np.sqrt(var + bn.epsilon) + bn.beta.numpy().reshape(shape)
+
+
 def test_channels_first_conv_folds_along_axis_1():
+    """Checked against a NumPy convolution (channels-first Conv2D does not run on TensorFlow's CPU kernels)."""
     model = keras.Sequential([
         keras.Input((2, 8, 8)),
+        L.BatchNormalization(axis=1, name="bn_in"),  # folded forward into conv
         L.Conv2D(4, 3, data_format="channels_first", name="conv"),
-        L.BatchNormalization(axis=1, name="bn_channels"),
+        L.BatchNormalization(axis=1, name="bn_channels"),  # folded backward into conv
         L.Conv2D(4, 3, data_format="channels_first", name="conv2"),
         L.BatchNormalization(axis=-1, name="bn_width"),  # normalises the width axis: not foldable
     ])
     randomise_bn(model, np.random.default_rng(3))
     plan = {d.bn: d for d in plan_folding(model)}
-    assert plan["bn_channels"].folded
+    assert (plan["bn_in"].direction, plan["bn_in"].into) == ("forward", "conv")
+    assert (plan["bn_channels"].direction, plan["bn_channels"].into) == ("backward", "conv")
     assert not plan["bn_width"].folded and "axis" in plan["bn_width"].reason
     with pytest.warns(FoldingWarning) as record:
         folded = fold_batchnorm(model)
     assert [str(w.message).split("'")[1] for w in record] == ["bn_width"]
-    conv, bn = model.get_layer("conv"), model.get_layer("bn_channels")
-    kernel, bias = folded_weights(conv.kernel.numpy(), conv.bias.numpy(), bn.gamma.numpy(), bn.beta.numpy(),
-                                  bn.moving_mean.numpy(), bn.moving_variance.numpy(), bn.epsilon)
-    np.testing.assert_allclose(folded.get_layer("conv").kernel.numpy(), kernel)
-    np.testing.assert_allclose(folded.get_layer("conv").bias.numpy(), bias)
-
+    x = np.random.default_rng(4).normal(size=(3, 2, 8, 8))
+    conv = model.get_layer("conv")
+    expected = _bn_nchw(_conv2d_nchw(_bn_nchw(x, model.get_layer("bn_in")), conv.kernel.numpy(), conv.bias.numpy()),
+                        model.get_layer("bn_channels"))
+    conv_folded = folded.get_layer("conv")
+    got = _conv2d_nchw(x, conv_folded.kernel.numpy().astype(np.float64), conv_folded.bias.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(expected)) > 1.0  # not a comparison of near-zeros
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_functional_networks(seed):
-    """Random depth and widths, BN before or after the activation, branches that share an output."""
+    """Random depth and widths, BN before the activation (backward) or after it (forward), shared outputs."""
     set_up(seed)
     rng = np.random.default_rng(seed)
     inputs = keras.Input((10,))
@@ -106,9 +137,8 @@ def test_random_functional_networks(seed):
         kind = rng.integers(3)
         if kind == 0:  # BN before the activation: foldable
             h = L.Activation("relu")(L.BatchNormalization()(h))
-        elif kind == 1:  # BN after the activation: not foldable
+        elif kind == 1:  # BN after the activation: folded forward into the next Dense
             h = L.BatchNormalization()(L.Activation("tanh")(h))
-            expected_left += 1
         else:  # the Dense output feeds BN and a skip connection: not foldable
             h = L.Concatenate()([L.BatchNormalization()(h), h])
             expected_left += 1
@@ -119,30 +149,116 @@ def test_random_functional_networks(seed):
     assert not isinstance(folded, keras.Sequential)
 
 
-def test_unfoldable_bn_is_reported_with_a_reason():
+def test_bn_before_a_linear_layer_is_folded_forward():
     model = keras.Sequential([
         keras.Input((3, 4)),  # Dense acts on the last axis; axis 1 is not a channel axis
-        L.BatchNormalization(name="bn_input"),
+        L.BatchNormalization(name="bn_input"),  # forward into dense_relu
         L.Dense(5, activation="relu", name="dense_relu"),
-        L.BatchNormalization(name="bn_after_relu"),
+        L.BatchNormalization(name="bn_after_relu"),  # forward into dense_plain
         L.Dense(5, name="dense_plain"),
-        L.BatchNormalization(axis=1, name="bn_wrong_axis"),
+        L.BatchNormalization(axis=1, name="bn_wrong_axis"),  # neither direction: axis 1
         L.Dense(5, name="dense_ok"),
-        L.BatchNormalization(name="bn_ok"),
+        L.BatchNormalization(name="bn_ok"),  # backward into dense_ok
+        L.Activation("tanh", name="tanh"),
+        L.BatchNormalization(name="bn_last"),  # after an activation, and the model's output
     ])
+    randomise_bn(model, np.random.default_rng(0))
     plan = {d.bn: d for d in plan_folding(model)}
-    assert plan["bn_ok"].folded and plan["bn_ok"].into == "dense_ok"
-    assert "normalises a model input" in plan["bn_input"].reason
-    assert "activation 'relu'" in plan["bn_after_relu"].reason
-    assert "axis" in plan["bn_wrong_axis"].reason
+    assert (plan["bn_input"].into, plan["bn_input"].direction) == ("dense_relu", "forward")
+    assert (plan["bn_after_relu"].into, plan["bn_after_relu"].direction) == ("dense_plain", "forward")
+    assert (plan["bn_ok"].into, plan["bn_ok"].direction) == ("dense_ok", "backward")
+    assert "its axis 1 is not the channel axis of dense_plain" in plan["bn_wrong_axis"].reason
+    assert "forward: its axis 1 is not the input channel axis of dense_ok" in plan["bn_wrong_axis"].reason
+    assert "follows 'tanh', an Activation layer" in plan["bn_last"].reason
+    assert "model output" in plan["bn_last"].reason
+    x = np.random.default_rng(1).normal(size=(8, 3, 4)).astype("float32")
     with pytest.warns(FoldingWarning) as record:
-        folded = fold_batchnorm(model)
-    warned = sorted(str(w.message).split("'")[1] for w in record)
-    assert warned == ["bn_after_relu", "bn_input", "bn_wrong_axis"]
+        folded = fold_batchnorm(model, verify=x)
+    assert sorted(str(w.message).split("'")[1] for w in record) == ["bn_last", "bn_wrong_axis"]
     assert [layer.name for layer in folded.layers if isinstance(layer, L.BatchNormalization)] == [
-        "bn_input", "bn_after_relu", "bn_wrong_axis",
+        "bn_wrong_axis", "bn_last",
     ]
+    np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-5, atol=1e-5)
 
+
+def _bn_conv_model(make_layer, shape, before="relu"):
+    """Input -> relu -> BN -> layer -> BN -> output: the first BN can only fold forward."""
+    inputs = keras.Input(shape)
+    h = L.Activation(before)(inputs)
+    h = L.BatchNormalization(name="bn_before")(h)
+    h = make_layer()(h)
+    h = L.BatchNormalization(name="bn_after")(h)
+    return keras.Model(inputs, L.Flatten()(h))
+
+
+FORWARD_CASES = [
+    # (layer with padding="valid", input shape): strides, dilation, groups, multipliers, no bias
+    (lambda: L.Dense(4, name="target"), (6,)),
+    (lambda: L.Dense(4, use_bias=False, name="target"), (3, 6)),
+    (lambda: L.Conv1D(6, 3, strides=2, groups=2, name="target"), (9, 4)),
+    (lambda: L.Conv2D(5, 3, dilation_rate=2, use_bias=False, name="target"), (9, 9, 3)),
+    (lambda: L.Conv2D(6, (2, 3), strides=(2, 1), groups=3, name="target"), (7, 7, 6)),
+    (lambda: L.Conv3D(3, 2, name="target"), (4, 4, 4, 2)),
+    (lambda: L.DepthwiseConv1D(3, depth_multiplier=2, name="target"), (9, 3)),
+    (lambda: L.DepthwiseConv2D(3, depth_multiplier=3, strides=2, use_bias=False, name="target"), (8, 8, 2)),
+    (lambda: L.SeparableConv1D(5, 3, depth_multiplier=2, name="target"), (9, 3)),
+    (lambda: L.SeparableConv2D(4, 3, depth_multiplier=2, use_bias=False, name="target"), (7, 7, 3)),
+]
+
+
+@pytest.mark.parametrize(("make_layer", "shape"), FORWARD_CASES)
+def test_forward_folding_into_valid_layers_is_exact(make_layer, shape):
+    set_up(0)
+    model = _bn_conv_model(make_layer, shape)
+    randomise_bn(model, np.random.default_rng(0))
+    plan = {d.bn: d for d in plan_folding(model)}
+    assert (plan["bn_before"].direction, plan["bn_before"].into, plan["bn_before"].exact) == ("forward", "target", True)
+    assert plan["bn_after"].direction == "backward"  # both fold into the same layer
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    report = fold_report(model, verify=x)
+    assert count_bn(report.model) == 0 and report.verified
+    assert report.max_difference < 1e-5 * report.max_output and report.max_output > 1.0
+    assert report.model.get_layer("target").use_bias
+
+
+@pytest.mark.parametrize(
+    "make_layer",
+    [lambda: L.Conv2D(4, 3, padding="same", name="target"),
+     lambda: L.DepthwiseConv2D(3, padding="same", name="target"),
+     lambda: L.Conv1D(4, 3, padding="causal", name="target")],
+)
+def test_forward_folding_with_zero_padding_is_reported_inexact_and_done_only_when_asked(make_layer):
+    shape = (8, 4) if "Conv1D" in repr(make_layer()) else (8, 8, 4)
+    set_up(0)
+    model = _bn_conv_model(make_layer, shape)
+    randomise_bn(model, np.random.default_rng(0))
+    (before,) = [d for d in plan_folding(model) if d.bn == "bn_before"]
+    assert not before.folded and "inexact at the borders" in before.reason and "allow_inexact=True" in before.reason
+    x = np.random.default_rng(1).normal(size=(4, *shape)).astype("float32")
+    with pytest.warns(FoldingWarning, match="'bn_before' was not folded"):
+        report = fold_report(model, verify=x)
+    assert count_bn(report.model) == 1 and report.verified
+    with pytest.warns(FoldingWarning, match="'bn_before' was folded inexactly"):
+        inexact = fold_report(model, verify=x, allow_inexact=True)
+    (decision,) = [d for d in inexact.decisions if d.bn == "bn_before"]
+    assert decision.folded and not decision.exact and "inexact" in decision.reason
+    assert count_bn(inexact.model) == 0 and inexact.verified is False
+    # Wrong at the borders only: the outputs whose receptive field lies inside the input agree.
+    original = np.asarray(model(x, training=False)).reshape(4, *shape[:-1], -1)
+    folded = np.asarray(inexact.model(x)).reshape(4, *shape[:-1], -1)
+    inner = (slice(None), slice(2, -1)) + ((slice(1, -1),) if len(shape) == 3 else ())
+    np.testing.assert_allclose(folded[inner], original[inner], rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(folded - original)) > 1e-2
+    with pytest.raises(ValueError, match="above the tolerance"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FoldingWarning)
+            fold_batchnorm(model, allow_inexact=True, verify=x)
+
+
+def test_transposed_convolutions_take_no_forward_fold():
+    model = _bn_conv_model(lambda: L.Conv2DTranspose(3, 3, strides=2, name="target"), (5, 5, 2))
+    (before,) = [d for d in plan_folding(model) if d.bn == "bn_before"]
+    assert not before.folded and "feeds 'target', a Conv2DTranspose layer, not a Dense or (non-transposed)" in before.reason
 
 class _ScaledDense(L.Dense):
     """A Dense subclass whose call differs: must not be folded as a Dense."""
@@ -154,7 +270,7 @@ class _ScaledDense(L.Dense):
 @pytest.mark.parametrize(
     ("make_producer", "reason"),
     [
-        (lambda: _ScaledDense(3, name="producer"), "_ScaledDense, not a Dense"),
+        (lambda: _ScaledDense(3, name="producer"), "a _ScaledDense layer, not a Dense"),
         (lambda: L.Dense(3, dtype="mixed_float16", name="producer"), "computes in float16"),
         (lambda: L.Dense(3, dtype="float64", name="producer"), "computes in float64"),
     ],
@@ -191,7 +307,7 @@ def test_bn_inside_nested_models_is_folded_there():
     outer = keras.Sequential([keras.Input((4,)), inner, L.Dense(2)])
     randomise_bn(outer, np.random.default_rng(0))
     (decision,) = plan_folding(outer)
-    assert decision == FoldDecision("inner/inner_bn", f"inner/{inner.layers[0].name}", True, "folded")
+    assert decision == FoldDecision("inner/inner_bn", f"inner/{inner.layers[0].name}", True, "folded", "backward")
     x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
     folded = _check_same_predictions(outer, x, 0)
     assert isinstance(folded.layers[0], keras.Sequential) and folded.layers[0].name == "inner"
@@ -288,7 +404,7 @@ def test_every_linear_layer_kind_folds_exactly(make_layer, shape, center):
 def test_bnbook_batchnorm_after_dense_is_folded():
     model = keras.Sequential([keras.Input((5,)), L.Dense(4, name="dense"), BatchNorm(name="ours"), L.Dense(2)])
     randomise_bn(model, np.random.default_rng(0))
-    assert plan_folding(model) == [FoldDecision("ours", "dense", True, "folded")]
+    assert plan_folding(model) == [FoldDecision("ours", "dense", True, "folded", "backward")]
     _check_same_predictions(model, np.random.default_rng(1).normal(size=(8, 5)).astype("float32"), 0)
 
 
@@ -318,14 +434,14 @@ def test_graphs_with_raw_tensor_operations_shared_and_multi_input_layers():
     model = _graph_with_raw_ops()
     randomise_bn(model, np.random.default_rng(0))
     plan = {d.bn: d for d in plan_folding(model)}
-    assert {name for name, d in plan.items() if d.folded} == {"bn_c1", "bn_dw"}
-    assert "follows the operation" in plan["bn_after_add"].reason
+    assert {name for name, d in plan.items() if d.folded} == {"bn_c1", "bn_dw", "bn_after_add"}
+    assert (plan["bn_after_add"].direction, plan["bn_after_add"].into) == ("forward", "c2")  # after h + h
     assert "output of c2 is used elsewhere" in plan["bn_c2"].reason
-    assert "follows a Add, not a Dense or convolution layer" in plan["bn_after_layer_add"].reason
+    assert "follows 'add', an Add layer, not a Dense or convolution layer" in plan["bn_after_layer_add"].reason
     assert "shared_conv is shared" in plan["bn_shared_a"].reason
     assert "training=True" in plan["bn_training"].reason
     x = np.random.default_rng(1).normal(size=(6, 8, 8, 3)).astype("float32")
-    folded = _check_same_predictions(model, x, expected_bn_left=5)
+    folded = _check_same_predictions(model, x, expected_bn_left=4)
     assert len(folded.get_layer("shared_conv")._inbound_nodes) == 2
 
 

@@ -9,6 +9,7 @@ original model's logits by about 1e-5 of that between two of TensorFlow's code p
 """
 
 import collections
+import re
 import warnings
 
 import keras
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnbook.folding import FoldingWarning, fold_batchnorm
+from bnbook.folding import FoldingWarning, fold_batchnorm, fold_report, plan_folding
 from tests.test_folding import count_bn, randomise_bn
 
 L = keras.layers
@@ -72,8 +73,10 @@ def test_applications_fold_exactly(name, n_bn, n_left, reasons_left):
         warnings.simplefilter("always", FoldingWarning)
         folded = fold_batchnorm(model)
     assert len(caught) == n_left and count_bn(folded) == n_left
-    # "BN layer 'conv2_block1_0_bn' was not folded: follows a Concatenate, not a Dense or convolution layer"
-    reasons = [str(w.message).split(": follows a ")[1].split(",")[0] for w in caught]
+    # "BN layer 'conv2_block1_0_bn' was not folded: follows 'conv2_block1_concat', a Concatenate layer, not a
+    # Dense or convolution layer; forward: feeds 'conv2_block1_0_relu', an Activation layer, ..."
+    reasons = [re.search(r"follows '[^']*', an? (\w+) layer", str(w.message)).group(1) for w in caught]
+    assert all("forward: feeds" in str(w.message) for w in caught)  # BN -> ReLU: no forward fold either
     assert collections.Counter(reasons) == reasons_left
     assert len(folded.layers) == len(model.layers) - (n_bn - n_left)
     x = np.random.default_rng(1).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
@@ -109,3 +112,34 @@ def test_folded_model_matches_tflite_on_the_original():
     tflite = interpreter.get_tensor(out["index"])
     folded = np.asarray(fold_batchnorm(model)(x, training=False))
     assert np.max(np.abs(folded - tflite)) < 1e-4 * np.max(np.abs(tflite))
+
+
+def test_mobilenet_v2_under_mixed_float16_folds_into_a_float32_copy():
+    """The models trained on GPUs are mixed precision: dtype="float32" folds them, checked numerically."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.applications.MobileNetV2(
+            weights=None, input_shape=(SIZE, SIZE, 3), alpha=0.35, classes=10, classifier_activation=None
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    randomise_bn(model, np.random.default_rng(0))
+    plan = plan_folding(model)
+    assert len(plan) == 52 and not any(d.folded for d in plan)
+    assert all("computes in float16" in d.reason and "dtype='float32'" in d.reason for d in plan)
+    x = np.random.default_rng(1).uniform(-1, 1, size=(8, SIZE, SIZE, 3)).astype("float32")
+    report = fold_report(model, dtype="float32", verify=x)
+    assert len(report.folded) == 52 and count_bn(report.model) == 0
+    assert {layer.compute_dtype for layer in report.model.layers} == {"float32"}
+    # Against the same network computed in float32 (same weights, no folding): float32 rounding only.
+    reference = keras.applications.MobileNetV2(
+        weights=None, input_shape=(SIZE, SIZE, 3), alpha=0.35, classes=10, classifier_activation=None
+    )
+    reference.set_weights(model.get_weights())
+    expected = np.asarray(reference(x, training=False))
+    assert _relative_difference(reference, report.model, x) < 1e-4 < np.max(np.abs(expected))
+    # Against the float16 original: its own rounding, which the report measures and the default tolerance allows.
+    assert report.verified and report.max_difference < 1e-2 * report.max_output
+    assert report.max_difference > 1e-5 * report.max_output  # float16's rounding is visible
