@@ -102,18 +102,9 @@ READERS = [
 ]
 
 
-# fold_batchnorm builds new layers; each unseeded initializer draws its seed from Python's global
-# generator (keras/src/initializers/random_initializers.py:13-14 -> random/seed_generator.py:146),
-# so a model built after folding gets other initial weights than without the fold.
-_FOLD_DRAWS = pytest.mark.xfail(
-    strict=True, reason="fold_batchnorm draws from Python's global random generator (folding.py, owned by branch h-b)"
-)
-
-
 def _params():
     for name, function, refuses in READERS:
-        marks = [_FOLD_DRAWS] if name == "fold_batchnorm" else []
-        yield pytest.param(function, refuses, id=name, marks=marks)
+        yield pytest.param(function, refuses, id=name)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -152,7 +143,6 @@ def test_fold_batchnorm_keeps_variables_of_a_model_with_a_reused_layer():
     assert [line for line in changed if line.startswith(("variables", "optimizer", "trainable"))] == []
 
 
-@pytest.mark.xfail(strict=True, reason="call count fixed on branch h-b")
 def test_fold_batchnorm_keeps_the_call_count_of_a_reused_layer():
     model = _with_unbuildable_layer()
     with assert_model_unchanged(model):

@@ -45,6 +45,7 @@ float32 everywhere, and differs from the original by the original's float16 roun
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -757,9 +758,14 @@ def fold_report(
             elif not d.exact:
                 warnings.warn(f"BN layer {d.bn!r} was folded inexactly: {d.reason}", FoldingWarning, stacklevel=3)
     folder = _Folder(edges, dtype)
+    # Building the copy's layers draws seeds for their (then overwritten) initializers from
+    # Python's global generator (keras/src/random/seed_generator.py, make_default_seed): put it
+    # back, so that folding does not change what the user's next seeded model gets.
+    python_random = random.getstate()
     try:
         folded = folder.fold(model, f"{model.name}_folded")
     finally:
+        random.setstate(python_random)
         # Reused objects (no config; stateless operations that could not be rebuilt) were called
         # in the copy: take those calls off the original model's books, which readers of
         # _inbound_nodes (shared-layer checks) rely on.
