@@ -1051,6 +1051,7 @@ def _check_statistics(
     """
     findings = []
     rows: dict[str, dict[str, float]] = {}
+    scores: dict[str, tuple[float, dict[str, Any]]] = {}
     for path, bn in bns:
         stream = population.get(path)
         if stream is None or stream.count == 0 or stream.mean is None:
@@ -1094,6 +1095,7 @@ def _check_statistics(
             "fraction_off": fraction,
             "worst_channels": worst_text,
         }
+        scores[path] = (max(abs(math.log(var_ratio)) / math.log(t.stale_variance), mean_shift / t.stale_mean), evidence)
         init_mean = _values(bn.moving_mean_initializer(moving_mean.shape))
         init_var = _values(bn.moving_variance_initializer(moving_var.shape))
         if np.array_equal(moving_mean, init_mean) and np.array_equal(moving_var, init_var):
@@ -1107,6 +1109,12 @@ def _check_statistics(
             if gain_harmful:
                 severity = "info"  # the weights are adapted to these statistics: re-estimating hurts
             findings.append(Finding("stale_statistics", severity, path, {**evidence, **gain}, _FIX["stale_statistics"]))
+    if gain_significant and not any(f.kind in ("stale_statistics", "never_updated", "non_finite") for f in findings) and scores:
+        # Below every band, yet re-estimating all layers gains significantly: the measured gain is the
+        # evidence (a model whose decision is sensitive to small offsets); name the most deviant layer.
+        path = max(scores, key=lambda p: scores[p][0])
+        evidence = {"below_bands": "re-estimating gains significantly", **scores[path][1], **gain}
+        findings.append(Finding("stale_statistics", "error", path, evidence, _FIX["stale_statistics"]))
     return findings, rows
 
 
