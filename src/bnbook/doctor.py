@@ -86,7 +86,7 @@ name                     default where it comes from
 ``never_updated_variance`` 1.5   median ratio bound for statistics at their initial
                                  values (exact initial values are evidence already)
 ``dropout_ratio``        0.8     inference/training variance of a dropout-fed BN
-                                 input (MLPs of chapter 10: Dropout(0.5) 0.67-0.71,
+                                 input (MLPs of chapter 10: Dropout(0.5) 0.66-0.70,
                                  Dropout(0.1) 0.95, no dropout 1.00-1.02)
 ``gap_z``                3.0     accuracy gap (and re-estimation gain) above 3 paired
                                  standard errors (same examples in both modes)...
