@@ -263,7 +263,7 @@ def _evidence(finding: dict[str, Any]) -> str:
             text = f"accuracy training mode {_number(e['accuracy_training_mode'])} vs inference {_number(e['accuracy_inference_mode'])}"
         else:
             text = f"loss training mode {_number(e['loss_training_mode'])} vs inference {_number(e['loss_inference_mode'])}"
-        text += f"; cause {e.get('likely cause')}"
+        text += f"; cause {e.get('likely_cause')}"
     else:
         text = ", ".join(f"{k} {_number(v)}" for k, v in e.items())
     return (where + text).replace("|", "/")

@@ -1,0 +1,322 @@
+"""bnbook.doctor on the models users bring: nested bases, broken variables, the training=False override,
+partial failures, static checks, any output, bad input, the report's interfaces and the CLI (issue 23)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bnbook import doctor
+from bnbook.doctor import DoctorCallback, Thresholds, diagnose, main, static_checks
+from bnbook.layers import BatchNorm
+
+L = keras.layers
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(n: int = 96, size: int = 8, channels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(seed)
+    x = gen.standard_normal((n, size, size, channels)).astype("float32")
+    y = (x[:, : size // 2].mean(axis=(1, 2, 3)) > x[:, size // 2 :].mean(axis=(1, 2, 3))).astype("int64")
+    x[y == 1, : size // 2] += 0.5
+    return x, y
+
+
+def _cnn(name: str = "cnn", channels: int = 32, momentum: float = 0.9, **bn: object) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(channels, 3, padding="same", use_bias=False)(inputs)
+    h = L.BatchNormalization(momentum=momentum, name=f"{name}_bn1", **bn)(h)
+    h = L.ReLU()(h)
+    h = L.Conv2D(16, 3, padding="same", use_bias=False)(h)
+    h = L.BatchNormalization(momentum=momentum, name=f"{name}_bn2", **bn)(h)
+    h = L.GlobalAveragePooling2D()(L.ReLU()(h))
+    model = keras.Model(inputs, L.Dense(2, activation="softmax")(h), name=name)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    return _images()
+
+
+@pytest.fixture(scope="module")
+def trained(images: tuple[np.ndarray, np.ndarray]) -> keras.Model:
+    model = _cnn()
+    model.fit(*images, batch_size=16, epochs=6, verbose=0)
+    return model
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return clone
+
+
+def test_trained_cnn_is_clean(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:
+    report = diagnose(trained, *images, batch_size=16)
+    assert report.problems == [], str(report)
+    assert "no BN problem found" in str(report) and report.to_dict()["complete"]
+
+
+def test_nan_statistics_are_an_error_naming_layer_and_channel(
+    trained: keras.Model, images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    model = _copy(trained)
+    bn = model.get_layer("cnn_bn1")
+    variance = bn.moving_variance.numpy()
+    variance[5] = np.nan
+    bn.moving_variance.assign(variance)
+    unlabelled = diagnose(model, images[0], batch_size=16)
+    (finding,) = [f for f in unlabelled.findings if f.kind == "non_finite" and f.layer == "cnn_bn1"]
+    assert finding.severity == "error" and finding.evidence["channels"] == "5"
+    assert "moving_variance(1)" in finding.evidence["variables"]
+    assert "no BN problem found" not in str(unlabelled)
+    assert "cnn_bn2" in unlabelled.layers("non_finite")  # its input on x is NaN in inference mode
+    labelled = diagnose(model, *images, batch_size=16)
+    (gap,) = [f for f in labelled.findings if f.kind == "train_inference_gap"]
+    assert gap.evidence["likely_cause"] == "non_finite"
+
+
+def test_three_of_32_broken_channels_are_found(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:
+    model = _copy(trained)
+    bn = model.get_layer("cnn_bn1")
+    variance = bn.moving_variance.numpy()
+    variance[[3, 17, 30]] *= 100.0
+    bn.moving_variance.assign(variance)
+    report = diagnose(model, images[0], batch_size=16)
+    (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
+    assert stale.layer == "cnn_bn1" and stale.evidence["channels_off"] == "3 of 32"
+    assert abs(stale.evidence["var_ratio"] - 1) < 0.5  # the median alone would hide it
+    worst = {int(part.split(":")[0]) for part in stale.evidence["worst_channels"].split(", ") if ":" in part}
+    assert worst == {3, 17, 30}
+    assert diagnose(model, images[0], batch_size=16, channel_fraction=0.2).problems == []  # a threshold, not a constant
+
+
+def _nested(images: tuple[np.ndarray, np.ndarray], *, training_false: bool) -> tuple[keras.Model, keras.layers.Layer]:
+    keras.utils.set_random_seed(2)
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.Conv2D(8, 3, use_bias=False), L.BatchNormalization(momentum=0.9, name="bn"), L.ReLU()],
+        name="inner",
+    )
+    base_in = keras.Input((8, 8, 3))
+    base = keras.Model(base_in, L.GlobalAveragePooling2D()(inner(base_in)), name="base")
+    inputs = keras.Input((8, 8, 3))
+    features = base(inputs, training=False) if training_false else base(inputs)
+    model = keras.Model(inputs, L.Dense(2, activation="softmax")(features), name="transfer")
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(*images, batch_size=16, epochs=6, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(0.0005), loss="sparse_categorical_crossentropy")
+    model.fit(*images, batch_size=16, epochs=3, verbose=0)  # settle: the statistics catch up with the weights
+    return model, inner.get_layer("bn")
+
+
+def test_stale_bn_two_levels_down_is_found(images: tuple[np.ndarray, np.ndarray]) -> None:
+    model, bn = _nested(images, training_false=False)
+    assert diagnose(model, *images, batch_size=16).problems == []
+    bn.moving_mean.assign(bn.moving_mean.numpy() + 3 * np.sqrt(bn.moving_variance.numpy()))
+    report = diagnose(model, *images, batch_size=16)
+    assert report.layers("stale_statistics") == ["base/inner/bn"]
+
+
+def test_training_false_override(images: tuple[np.ndarray, np.ndarray]) -> None:
+    model, bn = _nested(images, training_false=True)
+    # Keras 3: fit passes training=True, which replaces the recorded training=False (functional.py operation_fn)
+    before = bn.moving_mean.numpy().copy()
+    model.fit(*images, batch_size=16, epochs=1, verbose=0)
+    assert not np.allclose(bn.moving_mean.numpy(), before)
+    report = static_checks(model)
+    (found,) = [f for f in report.findings if f.kind == "training_false_override"]
+    assert found.layer == "base" and found.evidence["trainable_bn_layers"] == "1 of 1"
+    # the fix that works in Keras 3.15: the BN layers themselves frozen (inference mode), then compile()
+    bn.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    before = bn.moving_mean.numpy().copy()
+    model.fit(*images, batch_size=16, epochs=1, verbose=0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
+    assert "training_false_override" not in static_checks(model).kinds()
+    # a BN layer called with training=False directly
+    inputs = keras.Input((4,))
+    out = L.BatchNormalization(name="direct")(inputs, training=False)
+    direct = keras.Model(inputs, L.Dense(1)(out))
+    assert [f.layer for f in static_checks(direct).findings if f.kind == "training_false_override"] == ["direct"]
+
+
+def test_static_checks(images: tuple[np.ndarray, np.ndarray]) -> None:
+    report = static_checks(_cnn(momentum=0.1), batch_size=16)
+    assert set(report.layers("pytorch_momentum")) == {"cnn_bn1", "cnn_bn2"}
+    assert "report incomplete" in str(report)
+    model = _cnn(name="eps")
+    bn = model.get_layer("eps_bn1")
+    bn.moving_variance.assign(np.full(32, 1e-4, "float32"))
+    assert static_checks(model).layers("large_epsilon") == ["eps_bn1"]
+    ema = _cnn(name="ema")
+    ema.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="sparse_categorical_crossentropy")
+    assert "weight_ema" in static_checks(ema).kinds("warning")
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("float16")
+        half = _cnn(name="half")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert set(static_checks(half).layers("float16_statistics")) == {"half_bn1", "half_bn2"}
+
+
+def test_shared_layer_and_bnbook_batchnorm(images: tuple[np.ndarray, np.ndarray]) -> None:
+    keras.utils.set_random_seed(3)
+    shared = BatchNorm(name="shared")
+    inputs = keras.Input((8, 8, 3))
+    a = shared(L.Conv2D(4, 1, use_bias=False, name="c1")(inputs))
+    b = shared(L.Conv2D(4, 1, use_bias=False, name="c2")(inputs))
+    model = keras.Model(inputs, L.Dense(2, activation="softmax")(L.Flatten()(L.Add()([a, b]))))
+    report = diagnose(model, 3 * images[0] + 2)  # inputs far from the initial statistics (0, 1)
+    (note,) = [f for f in report.findings if f.kind == "shared_layer"]
+    assert note.layer == "shared" and note.evidence["calls_per_forward_pass"] == 2
+    assert "shared" in report.layers("never_updated")
+
+
+def test_keras_applications_nested_base_runs() -> None:
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(base(inputs))))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype("float32")
+    report = diagnose(model, x, np.arange(16) % 3, batch_size=8, pass_size=8)
+    bns = [layer for layer in base.layers if isinstance(layer, L.BatchNormalization)]
+    measured = {f.layer for f in report.findings if f.kind in ("never_updated", "stale_statistics")}
+    assert measured and all(name.startswith(base.name + "/") for name in measured)
+    assert len(measured) > len(bns) // 2  # untrained: most statistics at their initial values, far from the inputs
+    text = str(report)
+    assert text.count("fix: update the moving statistics") == 1  # grouped: one fix per kind
+
+
+def _multi_output() -> keras.Model:
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    h = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same", use_bias=False)(inputs))
+    seg = L.Conv2D(3, 1, activation="softmax", name="seg")(h)
+    flag = L.Dense(1, activation="sigmoid", name="flag")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, [seg, flag])
+
+
+def test_any_output(images: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = images
+    model = _multi_output()
+    masks = (x[..., 0] > 0).astype("int64") + (x[..., 1] > 1).astype("int64")
+    first = diagnose(model, x, masks)
+    assert "output_choice" in first.kinds("info")
+    assert diagnose(model, x, masks, output="seg").kinds("info") >= {"foldable"}
+    binary = diagnose(model, x, y, output=1)
+    assert "output_choice" not in binary.kinds("info")
+    with pytest.raises(ValueError, match="output='nope'"):
+        diagnose(model, x, y, output="nope")
+    with pytest.raises(ValueError, match="one-hot labels of shape \\(2,\\)"):
+        diagnose(model, x, np.eye(2)[y], output="flag")
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        diagnose(model, x, masks - 1, output="seg")
+    with pytest.raises(ValueError, match="labels of shape"):
+        diagnose(model, x, masks[:, :4], output="seg")
+    # a sequence model: (N, T, C) outputs with (N, T) labels
+    inputs = keras.Input((6, 4))
+    h = L.BatchNormalization()(L.Conv1D(8, 3, padding="same", use_bias=False)(inputs))
+    seq = keras.Model(inputs, L.Dense(5)(h))
+    xs = np.random.default_rng(0).standard_normal((32, 6, 4)).astype("float32")
+    assert isinstance(diagnose(seq, xs, np.random.default_rng(1).integers(0, 5, (32, 6))), doctor.Report)
+
+
+def test_bad_input(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = images
+    bad = x.copy()
+    bad[7, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite value.*example 7"):
+        diagnose(trained, bad)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\) \(min -1"):
+        diagnose(trained, x, y - 1)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\).*max 2"):
+        diagnose(trained, x, y + 1)
+    with pytest.raises(ValueError, match="non-integer"):
+        diagnose(trained, x, y + 0.5)
+    with pytest.raises(TypeError, match="unknown threshold 'stale'"):
+        diagnose(trained, x, stale=2)
+    with pytest.raises(ValueError, match="stale_variance must be a finite number > 0"):
+        diagnose(trained, x, stale_variance=-1.0)
+    with pytest.raises(ValueError, match="pass_size"):
+        diagnose(trained, x, pass_size=1)
+    integers = np.clip(x * 40 + 128, 0, 255).astype("uint8")
+    report = diagnose(trained, integers)
+    assert "input_cast" in report.kinds("info")
+    assert "stale_statistics" in report.kinds()  # 0-255 inputs are not what it trained on: said
+
+
+def test_report_interfaces(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:
+    model = _copy(trained)
+    model.get_layer("cnn_bn2").moving_variance.assign(np.full(16, np.inf, "float32"))
+    report = diagnose(model, images[0])
+    data = report.to_dict()
+    json.dumps(data)  # JSON-ready
+    assert data["complete"] is False and any("train_inference_gap" in s for s in data["not_checked"])
+    assert data["counts"]["error"] >= 1
+    assert {f["kind"] for f in data["findings"]} == {f.kind for f in report.findings}
+    assert "report" not in str(report).split("\n")[0] or "BN problems found" in str(report)
+    assert Thresholds.with_overrides({"gap_z": 2}).gap_z == 2
+
+
+def test_regression_gap_is_relative_to_its_standard_error(images: tuple[np.ndarray, np.ndarray]) -> None:
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3))
+    h = L.GlobalAveragePooling2D()(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, use_bias=False)(inputs)))
+    model = keras.Model(inputs, L.Dense(1)(h))
+    model.compile(optimizer="adam", loss="mse")
+    target = images[0].mean(axis=(1, 2, 3)).astype("float32")
+    model.fit(images[0], target, batch_size=16, epochs=3, verbose=0)
+    assert "train_inference_gap" not in diagnose(model, images[0], target, batch_size=16).kinds()
+
+
+def test_callback(images: tuple[np.ndarray, np.ndarray], capsys) -> None:
+    model = _cnn(name="cb", momentum=0.1)
+    callback = DoctorCallback(images[0][:32], images[1][:32], batch_size=16)
+    model.fit(*images, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    out = capsys.readouterr().out
+    assert out.count("BN doctor on 'cb'") == 2
+    assert callback.start_report is not None and "pytorch_momentum" in callback.start_report.kinds()
+    assert callback.report is not None and callback.report.examples == 32
+    with pytest.raises(TypeError, match="NumPy"):
+        DoctorCallback([1, 2])
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+def test_command_line_json_fail_on_and_label_errors(tmp_path, trained: keras.Model, images, capsys) -> None:
+    x, y = images
+    model = _cnn(name="cli", momentum=0.1)
+    model.set_weights(trained.get_weights())
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x[:48], y=y[:48], bad=y[:48] + 5)
+    args = [str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--labels", "y", "--batch-size", "16"]
+    assert main(args) == 0  # warnings only
+    assert "pytorch_momentum" in capsys.readouterr().out
+    assert main([*args, "--fail-on", "warning", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert "pytorch_momentum" in {f["kind"] for f in data["findings"]}
+    bad = [str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--labels", "bad"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: y holds labels outside [0, 2)") and "Traceback" not in err
+    assert main([*args, "--threshold", "nonsense"]) == 2
+    assert main([*args, "--threshold", "stale=1"]) == 2
+    assert "unknown threshold" in capsys.readouterr().err
+    # the console script's target, and python -m
+    assert callable(doctor.cli)
+    scripts = (ROOT / "pyproject.toml").read_text()
+    assert 'bnbook-doctor = "bnbook.doctor:cli"' in scripts
+    env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bnbook.doctor", *bad], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 2 and "y holds labels outside [0, 2)" in run.stderr and "Traceback" not in run.stderr
