@@ -141,6 +141,17 @@ def test_redundant_bias_and_foldable(data: tuple[np.ndarray, np.ndarray]) -> Non
     assert fold[0].evidence["foldable"] == "1 of 1"
 
 
+def test_forward_fold_is_not_a_redundant_bias(data: tuple[np.ndarray, np.ndarray]) -> None:
+    # Dense(relu) -> BN -> Dense: the BN folds forward into the second Dense, whose bias stays useful.
+    inputs = keras.Input(data[0].shape[1:])
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(10, name="head")(keras.layers.BatchNormalization(name="bn")(hidden))
+    report = diagnose(keras.Model(inputs, outputs), data[0][:64])
+    assert "redundant_bias" not in report.kinds("info", "warning", "error")
+    fold = [f for f in report.findings if f.kind == "foldable"]
+    assert fold[0].evidence["foldable"] == "1 of 1"  # folded, forward
+
+
 def test_frozen_but_training(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
     model = _mlp()
     _bn(model).trainable = False  # changed after compile(), before any fit: takes effect

@@ -992,7 +992,9 @@ def _check_bias_and_folding(model: keras.Model, bns: dict[str, keras.layers.Laye
     names = dict(_walk(model))
     findings = []
     for decision in plan:
-        if not decision.folded or decision.into is None:
+        # Only a backward fold means the BN follows the layer folded into: a forward fold's target
+        # comes after the BN, and its bias is not made redundant by it.
+        if not decision.folded or decision.into is None or decision.direction != "backward":
             continue
         producer = names.get(decision.into)
         bn = names.get(decision.bn, bns.get(decision.bn))
