@@ -180,3 +180,22 @@ def test_choose_rates_on_validation_and_flags_the_edge():
         choose_rates(table.assign(test_loss=0.0), "test_loss")
     with pytest.raises(ValueError, match="not trained at learning rate 0.3; trained"):
         at_rates(table, {"a": 0.3})
+
+
+def test_sweep_rates_extends_a_grid_whose_best_is_at_its_edge(small_data):
+    from bnbook.ensembles import sweep_rates
+
+    train, val, test = small_data
+    models = {}
+    # 1e-4 and 3e-4 are far too small for 1 epoch: the best is at the top edge, so the sweep extends upwards
+    results, chosen = sweep_rates(
+        {"bn": net()}, [0], train, validation=val, test=test, epochs=1, batch_size=32,
+        rates=[1e-4, 3e-4], max_extensions=2, models=models,
+    )
+    tried = chosen.loc["bn", "grid"]
+    assert tried[:2] == [1e-4, 3e-4] and len(tried) == 4 and tried[2] == pytest.approx(9e-4)
+    assert set(results["learning_rate"]) == set(tried)
+    assert set(models) == {("bn", rate, 0) for rate in tried}
+    assert all(isinstance(m, keras.Model) for m in models.values())
+    with pytest.raises(ValueError, match="ascending"):
+        sweep_rates({"bn": net()}, [0], train, validation=val, epochs=1, rates=[0.1, 0.01])

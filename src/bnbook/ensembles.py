@@ -1,30 +1,30 @@
 """Train the seeds (and learning rates, and variants) of a comparison together, as parallel branches of one model.
 
-Ten seeds of a small model need not cost ten fits. :func:`train_parallel` builds every
+Ten seeds of a small model need not cost ten fits. :func:`train_parallel` trains every
 run of a comparison -- each variant, at each learning rate, with each seed -- as one
-*branch* of a single Keras model and trains them all with one ``fit``: one traced graph,
-one Python loop, and the small matrix products of all branches in one step. Nothing is
-shared between the branches but the step counter:
+*branch* of a single computation: the branches of a variant have their variables stacked
+along a new first axis, and ``tf.vectorized_map`` runs the variant's own Keras model
+(``stateless_call``) over them, so the training step is traced once, as for one model, and
+the matrix products of all branches run as one batched product. Nothing is shared between
+the branches but the step counter:
 
 - **Initialisation**: branch ``(variant, rate, seed)`` is built by the variant's function
   right after ``set_up(seed)``, exactly as :func:`bnbook.experiments.run_experiments` builds
   a run, so the same seed gives every variant the same initial kernels.
-- **Data order**: every branch of seed ``s`` reads its own input, fed in the order
+- **Data order**: every branch of seed ``s`` reads its own mini-batches, in the order
   :func:`epoch_order` gives for ``s``: the variants of one seed see the same mini-batches
   (the paired design), different seeds see different ones.
 - **Batch statistics**: a branch's BN layers only ever see that branch's activations, so
   its batch statistics and moving averages are exactly those of the model trained alone.
-- **Gradients**: Keras sums the branches' losses (``keras/src/trainers/compile_utils.py``,
-  ``total_loss = sum(loss_values)``), and a branch's variables appear in its own loss only,
-  so each branch receives exactly the gradient it would receive alone. A per-variable
-  optimizer (SGD, Adam, ...) then updates it as it would alone; ``global_clipnorm``, which
-  couples all variables, is refused.
+- **Gradients**: the branches' losses are summed, and a branch's slice of the stacked
+  variables appears in its own loss only, so each slice receives exactly the gradient it
+  would receive alone, and an element-wise optimizer (SGD, Adam, ...) updates it as it
+  would alone. ``clipnorm`` and ``global_clipnorm`` (a norm over all branches) are refused.
 - **Learning rates**: branches at different rates share one optimizer, so a branch's rate
-  is applied as the weight of its loss (``loss_weights``): for SGD, with or without
-  (Nesterov) momentum, the update is linear in the gradient, so scaling the gradient by
-  ``rate / rate_max`` at learning rate ``rate_max`` is the same update as ``rate``. This
-  holds for SGD only, so different rates need an SGD optimizer without clipping or weight
-  decay (a clear ``ValueError`` says so otherwise).
+  is applied by scaling its gradient by ``rate / rate_max`` at learning rate
+  ``rate_max``. For SGD, with or without (Nesterov) momentum, the update is linear in the
+  gradient, so this is the same update as ``rate``; it holds for SGD only, so different
+  rates need SGD without ``clipvalue`` or weight decay (a clear ``ValueError`` otherwise).
 
 The unit tests check that a branch reproduces the model trained alone with the same seed and
 batches, and that branches do not influence each other. Validation and test metrics are
@@ -44,11 +44,11 @@ import pandas as pd
 from bnbook._checks import check_int, require_columns
 from bnbook.reproducibility import set_up, shifted
 
-__all__ = ["at_rates", "choose_rates", "epoch_order", "train_parallel"]
+__all__ = ["at_rates", "choose_rates", "epoch_order", "sweep_rates", "train_parallel"]
 
 _EPSILON = 1e-7  # Keras's clip of probabilities in cross-entropy (keras/src/backend/config.py: _EPSILON)
 _LINEAR_IN_GRADIENT = ("SGD",)
-_NONLINEAR_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
+_NONLINEAR_OPTIONS = ("clipvalue", "weight_decay")
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -136,6 +136,87 @@ def _cross_entropy_and_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float
     return float(-np.mean(np.log(picked))), float(np.mean(probs.argmax(axis=1) == y))
 
 
+class _StackedTrainer:
+    """Train K models of one architecture as one: their variables stacked, the step vectorised.
+
+    ``tf.vectorized_map`` runs the first model's ``stateless_call`` over the stacked
+    variables and batches (one slice per branch), so the training graph is traced once, as
+    for a single model, and every matrix product of the K branches is one batched product.
+    Each slice is exactly what the model computes alone: its own weights, its own batch
+    (so BN's batch statistics are the branch's), its own moving-statistics update; the
+    gradient of the summed losses with respect to a slice is that slice's own gradient, and
+    an element-wise optimizer updates the slice as it would alone.
+    """
+
+    def __init__(
+        self, models: list[keras.Model], scales: list[float], optimizer: keras.optimizers.Optimizer, x: np.ndarray, y: np.ndarray
+    ) -> None:
+        import tensorflow as tf  # noqa: PLC0415
+
+        self.models = models
+        proto = models[0]
+        self.trainable = [
+            keras.Variable(np.stack([keras.ops.convert_to_numpy(m.trainable_variables[j]) for m in models]), name=f"stacked_{j}")
+            for j in range(len(proto.trainable_variables))
+        ]
+        self.non_trainable = [
+            tf.Variable(np.stack([keras.ops.convert_to_numpy(m.non_trainable_variables[j]) for m in models]))
+            for j in range(len(proto.non_trainable_variables))
+        ]
+        optimizer.build(self.trainable)
+        self.optimizer = optimizer
+        loss = keras.losses.get(proto.loss) if isinstance(proto.loss, str) else proto.loss
+        scale = tf.constant(scales, dtype="float32")
+
+        def branch_loss(args: tuple) -> tuple:
+            weights, states, x, y = args
+            probs, new_states, extra = proto.stateless_call(weights, states, x, training=True, return_losses=True)
+            value = loss(y, probs)
+            if value.shape.rank:  # a loss function, not a Loss object: mean over the batch
+                value = tf.reduce_mean(value)
+            return value + sum(extra), new_states
+
+        k = len(models)
+        x_spec = tf.TensorSpec((k, None, *x.shape[1:]), tf.as_dtype(x.dtype))
+        y_spec = tf.TensorSpec((k, None, *y.shape[1:]), tf.as_dtype(y.dtype))
+
+        @tf.function(input_signature=[x_spec, y_spec])  # one trace, the last smaller batch included
+        def step(x: tf.Tensor, y: tf.Tensor) -> None:
+            weights = [v.value for v in self.trainable]
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                losses, new_states = tf.vectorized_map(branch_loss, (weights, list(self.non_trainable), x, y))
+                total = tf.reduce_sum(losses)
+            grads = tape.gradient(total, weights)
+            grads = [g * tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)) for g in grads]
+            self.optimizer.apply(grads, self.trainable)
+            for variable, value in zip(self.non_trainable, new_states):
+                variable.assign(value)
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))])
+        def predict(x: tf.Tensor) -> tf.Tensor:
+            def one(args: tuple) -> tf.Tensor:
+                weights, states = args
+                return proto.stateless_call(weights, states, x, training=False)[0]
+
+            return tf.vectorized_map(one, ([v.value for v in self.trainable], list(self.non_trainable)))
+
+        self._step, self._predict = step, predict
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> None:
+        self._step(x, y)
+
+    def scores(self, x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
+        probs = np.concatenate([np.asarray(self._predict(x[i : i + 1000])) for i in range(0, len(x), 1000)], axis=1)
+        return [_cross_entropy_and_accuracy(p, y) for p in probs]
+
+    def write_back(self) -> None:
+        for stacked, j in ((self.trainable, "trainable_variables"), (self.non_trainable, "non_trainable_variables")):
+            for values, *targets in zip([keras.ops.convert_to_numpy(v) for v in stacked], *(getattr(m, j) for m in self.models)):
+                for k, target in enumerate(targets):
+                    target.assign(values[k])
+
+
 def train_parallel(
     variants: Mapping[str, Callable[[], keras.Model]],
     seeds: Sequence[int],
@@ -147,7 +228,7 @@ def train_parallel(
     batch_size: int = 64,
     learning_rates: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     evaluate_every: int | None = None,
-    steps_per_execution: int = 16,
+    models: dict[tuple[str, float, int], keras.Model] | None = None,
 ) -> pd.DataFrame:
     """Train every variant, at every learning rate, with every seed, as branches of one model.
 
@@ -169,7 +250,8 @@ def train_parallel(
         evaluate_every: Score the validation data every this many steps (it must divide
             the steps of an epoch evenly or not: evaluation also happens at every epoch's
             end); ``None``: at the end of every epoch only.
-        steps_per_execution: Steps per call of the traced training function (speed only).
+        models: A dict to receive the trained models, keyed ``(variant, learning_rate, seed)``:
+            each variant's own model, whose variables the branch trained.
 
     Returns:
         A DataFrame, one row per branch and evaluation: ``variant``, ``learning_rate``,
@@ -202,7 +284,8 @@ def train_parallel(
         x_test, y_test = _check_arrays(test, "test")
     epochs = check_int(epochs, "epochs", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    steps_per_execution = check_int(steps_per_execution, "steps_per_execution", minimum=1)
+    if models is not None and not isinstance(models, dict):
+        raise TypeError(f"models must be a dict to fill, or None; got {type(models).__name__}")
     steps_per_epoch = -(-len(x_fit) // batch_size)
     chunk_steps = steps_per_epoch if evaluate_every is None else check_int(evaluate_every, "evaluate_every", minimum=1)
     grid = _rates_per_variant(variants, learning_rates)
@@ -232,8 +315,12 @@ def train_parallel(
                 branches.append((name, _compiled_rate(model) if rate is None else rate, seed, model))
     assert reference is not None
     optimizer_class, config = reference[1], reference[2]
-    if config.get("global_clipnorm") is not None:
-        raise ValueError("global_clipnorm couples all branches (one norm over every variable): use clipnorm or none")
+    coupling = [key for key in ("clipnorm", "global_clipnorm") if config.get(key) is not None]
+    if coupling:
+        raise ValueError(
+            f"{' and '.join(coupling)} would couple the branches (one norm over the stacked variables of all "
+            f"branches): use clipvalue, or train without it"
+        )
     rates = [rate for _, rate, _, _ in branches]
     top = max(rates)
     if len(set(rates)) > 1:
@@ -245,61 +332,51 @@ def train_parallel(
                 f"got {optimizer_class} with {nonlinear or 'no such option'}. Train each rate with its own call."
             )
 
-    # One input per seed (its data order), one output per branch.
-    inputs = {seed: keras.Input(shape=x_fit.shape[1:], name=f"seed_{seed}") for seed in seeds}
-    outputs = []
-    for index, (_, _, seed, model) in enumerate(branches):
-        wrapper = keras.Model(model.inputs[0], model.outputs[0], name=f"branch_{index}")
-        outputs.append(wrapper(inputs[seed]))
-    ensemble = keras.Model([inputs[s] for s in seeds], outputs)
-    optimizer = type(branches[0][3].optimizer).from_config({**config, "learning_rate": top})
-    ensemble.compile(
-        optimizer=optimizer,
-        loss=[model.loss for *_, model in branches],
-        loss_weights=None if len(set(rates)) == 1 else [rate / top for rate in rates],
-        steps_per_execution=steps_per_execution,
-    )
-
-    def scores(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
-        probs = ensemble.predict([x] * len(seeds), batch_size=min(len(x), 1024), verbose=0)
-        probs = probs if isinstance(probs, (list, tuple)) else [probs]
-        return [_cross_entropy_and_accuracy(p, y) for p in probs]
-
     rows: list[dict] = []
-    step = 0
-    for epoch in range(epochs):
-        orders = [epoch_order(seed, epoch, len(x_fit)) for seed in seeds]
-        for start in range(0, steps_per_epoch, chunk_steps):
-            stop = min(start + chunk_steps, steps_per_epoch)
-            window = slice(start * batch_size, stop * batch_size)
-            ensemble.fit(
-                [x_fit[order[window]] for order in orders],
-                [y_fit[orders[seeds.index(seed)][window]] for _, _, seed, _ in branches],
-                batch_size=batch_size,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-            )
-            step += stop - start
-            for (name, rate, seed, _), (loss, accuracy) in zip(branches, scores(x_val, y_val)):
-                rows.append(
-                    {
-                        "variant": name,
-                        "learning_rate": rate,
-                        "seed": seed,
-                        "step": step,
-                        "epoch": step / steps_per_epoch,
-                        "val_loss": loss,
-                        "val_accuracy": accuracy,
-                    }
-                )
+    test_scores: dict[int, tuple[float, float]] = {}
+    for name in variants:
+        group = [i for i, branch in enumerate(branches) if branch[0] == name]
+        trainer = _StackedTrainer(
+            [branches[i][3] for i in group],
+            [branches[i][1] / top for i in group],
+            type(branches[0][3].optimizer).from_config({**config, "learning_rate": top}),
+            x_fit,
+            y_fit,
+        )
+        seed_of = [seeds.index(branches[i][2]) for i in group]
+        step = 0
+        for epoch in range(epochs):
+            orders = np.stack([epoch_order(seed, epoch, len(x_fit)) for seed in seeds])[seed_of]
+            for start in range(0, steps_per_epoch, chunk_steps):
+                stop = min(start + chunk_steps, steps_per_epoch)
+                for batch in range(start, stop):
+                    index = orders[:, batch * batch_size : (batch + 1) * batch_size]
+                    trainer.step(x_fit[index], y_fit[index])
+                step = epoch * steps_per_epoch + stop
+                for i, (loss, accuracy) in zip(group, trainer.scores(x_val, y_val)):
+                    rows.append(
+                        {
+                            "variant": name,
+                            "learning_rate": branches[i][1],
+                            "seed": branches[i][2],
+                            "step": step,
+                            "epoch": step / steps_per_epoch,
+                            "val_loss": loss,
+                            "val_accuracy": accuracy,
+                        }
+                    )
+        if test is not None:
+            test_scores.update(zip(group, trainer.scores(x_test, y_test)))
+        trainer.write_back()
+    if models is not None:
+        models.update({(name, rate, seed): model for name, rate, seed, model in branches})
     table = pd.DataFrame(rows)
     if test is not None:
         table["test_loss"] = np.nan
         table["test_accuracy"] = np.nan
-        last = table.index[-len(branches) :]
-        for row, (loss, accuracy) in zip(last, scores(x_test, y_test)):
-            table.loc[row, ["test_loss", "test_accuracy"]] = (loss, accuracy)
+        last = table.groupby(["variant", "learning_rate", "seed"], sort=False)["step"].idxmax()
+        for i, (name, rate, seed, _) in enumerate(branches):
+            table.loc[last[(name, rate, seed)], ["test_loss", "test_accuracy"]] = test_scores[i]
     return table.sort_values(["variant", "learning_rate", "seed", "step"], kind="stable").reset_index(drop=True)
 
 
@@ -364,3 +441,64 @@ def at_rates(results: pd.DataFrame, rates: Mapping[str, float] | pd.Series) -> p
             raise ValueError(f"variant {variant!r} was not trained at learning rate {rate}; trained: {trained}")
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
+
+
+def sweep_rates(
+    variants: Mapping[str, Callable[[], keras.Model]],
+    seeds: Sequence[int],
+    train: Arrays,
+    *,
+    rates: Sequence[float] | Mapping[str, Sequence[float]],
+    metric: str = "val_loss",
+    lower_is_better: bool = True,
+    max_extensions: int = 3,
+    **kwargs: object,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train a learning-rate grid with :func:`train_parallel` and extend it until each optimum is inside.
+
+    After the grid, every variant whose best rate (on ``metric``, a validation column) is
+    the smallest or largest it tried is trained at one more rate beyond that edge, a grid
+    step further (the ratio of the two nearest rates), and so on, at most
+    ``max_extensions`` times.
+
+    Args:
+        variants, seeds, train: As :func:`train_parallel`.
+        rates: The starting grid, ascending (for every variant, or ``{name: rates}``), at
+            least 2 rates per variant.
+        metric, lower_is_better: What to choose on, as :func:`choose_rates`.
+        max_extensions: Most extension rounds; a variant still at its edge after them keeps
+            ``at_edge`` True in the returned choice, for the chapter to report.
+        **kwargs: Passed to :func:`train_parallel` (``validation`` is required; ``test``,
+            ``epochs``, ``batch_size``, ``models``, ...).
+
+    Returns:
+        ``(results, chosen)``: every run's table (as :func:`train_parallel`'s) and
+        :func:`choose_rates`' table on it.
+
+    Raises:
+        TypeError, ValueError: As :func:`train_parallel`; fewer than 2 rates for a variant,
+            rates not ascending, or ``max_extensions`` < 0.
+    """
+    max_extensions = check_int(max_extensions, "max_extensions", minimum=0)
+    grid = _rates_per_variant(variants, rates)
+    for name, values in grid.items():
+        if len(values) < 2 or values != sorted(values):
+            raise ValueError(f"variant {name!r}: rates must be at least 2 values in ascending order, got {values}")
+    results = [train_parallel(variants, seeds, train, learning_rates=grid, **kwargs)]  # type: ignore[arg-type]
+    chosen = choose_rates(results[0], metric, lower_is_better=lower_is_better)
+    for _ in range(max_extensions):
+        extend: dict[str, list[float]] = {}
+        for name in variants:
+            tried = chosen.loc[name, "grid"]
+            if chosen.loc[name, "at_edge"]:
+                best = chosen.loc[name, "learning_rate"]
+                step = tried[-1] / tried[-2] if best == tried[-1] else tried[0] / tried[1]
+                extend[name] = [float(f"{best * step:.6g}")]
+        if not extend:
+            break
+        results.append(
+            train_parallel({n: variants[n] for n in extend}, seeds, train, learning_rates=extend, **kwargs)  # type: ignore[arg-type]
+        )
+        chosen = choose_rates(pd.concat(results, ignore_index=True), metric, lower_is_better=lower_is_better)
+    table = pd.concat(results, ignore_index=True)
+    return table.sort_values(["variant", "learning_rate", "seed", "step"], kind="stable").reset_index(drop=True), chosen
