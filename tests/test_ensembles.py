@@ -199,3 +199,18 @@ def test_sweep_rates_extends_a_grid_whose_best_is_at_its_edge(small_data):
     assert all(isinstance(m, keras.Model) for m in models.values())
     with pytest.raises(ValueError, match="ascending"):
         sweep_rates({"bn": net()}, [0], train, validation=val, epochs=1, rates=[0.1, 0.01])
+
+
+def test_a_diverged_run_scores_infinite_loss_and_is_never_chosen(small_data):
+    from bnbook.ensembles import _cross_entropy_and_accuracy
+
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
+    loss, accuracy = _cross_entropy_and_accuracy(probs, np.array([0, 0, 1]))
+    assert loss == float("inf") and accuracy == pytest.approx(2 / 3)
+    train, val, _ = small_data
+    table = train_parallel({"bn": net(bn=False)}, [0], train, validation=val, epochs=1, batch_size=32, learning_rates=[0.05, 1e4])
+    ends = last_rows(table)
+    assert ends.loc[("bn", 1e4, 0), "val_loss"] == float("inf")
+    assert choose_rates(table).loc["bn", "learning_rate"] == 0.05
+    alone_run = last_rows(train_parallel({"bn": net(bn=False)}, [0], train, validation=val, epochs=1, batch_size=32))
+    assert ends.loc[("bn", 0.05, 0), "val_loss"] == pytest.approx(alone_run.loc[("bn", 0.05, 0), "val_loss"], abs=2e-4)

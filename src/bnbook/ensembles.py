@@ -126,14 +126,20 @@ def _optimizer_config(model: keras.Model) -> dict:
 
 
 def _cross_entropy_and_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean per-example cross-entropy and accuracy; a diverged run (non-finite outputs) scores loss inf."""
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
+    finite = np.all(np.isfinite(probs), axis=-1) if probs.ndim == 2 else np.zeros(len(probs), bool)
+    rows = probs[finite]
+    if probs.ndim != 2 or not np.allclose(rows.sum(axis=1), 1.0, atol=1e-3) or (rows.size and rows.min() < 0):
         raise ValueError(
             "every variant must output class probabilities (a softmax over the last axis), "
             f"got outputs of shape {probs.shape} whose rows do not sum to 1"
         )
+    correct = finite & (np.where(finite[:, None], probs, 0.0).argmax(axis=1) == y)
+    if not finite.all():
+        return float("inf"), float(np.mean(correct))  # diverged: never the best rate, refused by compare_paired
     picked = np.clip(probs[np.arange(len(y)), y], _EPSILON, 1.0)
-    return float(-np.mean(np.log(picked))), float(np.mean(probs.argmax(axis=1) == y))
+    return float(-np.mean(np.log(picked))), float(np.mean(correct))
 
 
 class _StackedTrainer:
@@ -257,7 +263,8 @@ def train_parallel(
         A DataFrame, one row per branch and evaluation: ``variant``, ``learning_rate``,
         ``seed``, ``step`` (optimizer steps taken), ``epoch`` (passes over ``train``, a
         float when evaluated within an epoch), ``val_loss`` (mean per-example
-        cross-entropy), ``val_accuracy`` and, with ``test``, ``test_loss`` and
+        cross-entropy; ``inf`` for a run whose outputs are no longer finite, i.e. diverged),
+        ``val_accuracy`` (non-finite outputs count as wrong) and, with ``test``, ``test_loss`` and
         ``test_accuracy`` (filled in the last row of each branch, NaN before).
 
     Raises:
