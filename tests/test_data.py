@@ -187,3 +187,54 @@ def test_the_default_cache_is_keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     data.load("mnist", n_test=50)
     assert (tmp_path / "keras_home" / "datasets" / "mnist.npz").exists()
+
+
+def test_split_validation_is_stratified_disjoint_complete_and_reproducible(mnist5k):
+    (x_train, y_train), _ = mnist5k
+    (x_fit, y_fit), (x_val, y_val) = data.split_validation(x_train, y_train)
+    assert len(x_val) == data.N_VALIDATION == 1000 and len(x_fit) == 3000
+    assert np.bincount(y_val).tolist() == [100] * 10 and np.bincount(y_fit).tolist() == [300] * 10
+    rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}  # noqa: E731
+    assert len(rows(x_fit) & rows(x_val)) < 5  # disjoint, up to duplicate MNIST images
+    assert sorted(rows(x_fit) | rows(x_val)) == sorted(rows(x_train))
+    (x_again, _), (x_val_again, _) = data.split_validation(x_train, y_train)
+    assert np.array_equal(x_again, x_fit) and np.array_equal(x_val_again, x_val)
+    (_, _), (x_other, _) = data.split_validation(x_train, y_train, seed=1)
+    assert not np.array_equal(x_other, x_val)
+
+
+def test_split_validation_follows_the_seed_offset(mnist5k, monkeypatch):
+    (x_train, y_train), _ = mnist5k
+    _, (x_val, _) = data.split_validation(x_train, y_train)
+    monkeypatch.setenv("BNBOOK_SEED_OFFSET", "200")
+    _, (x_shifted, _) = data.split_validation(x_train, y_train)
+    _, (x_seed200, _) = data.split_validation(x_train, y_train, seed=0)
+    monkeypatch.delenv("BNBOOK_SEED_OFFSET")
+    _, (x_plain200, _) = data.split_validation(x_train, y_train, seed=200)
+    assert not np.array_equal(x_shifted, x_val) and np.array_equal(x_seed200, x_plain200)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"n_val": 5}, ValueError, ["n_val=5", "10 to 3990"]),
+        ({"n_val": 3995}, ValueError, ["3995", "3990"]),
+        ({"n_val": 100.0}, TypeError, ["n_val", "float"]),
+        ({"seed": -1}, ValueError, ["seed", "-1"]),
+    ],
+)
+def test_split_validation_rejects_bad_arguments(mnist5k, kwargs, error, words):
+    (x_train, y_train), _ = mnist5k
+    with pytest.raises(error) as info:
+        data.split_validation(x_train, y_train, **kwargs)
+    assert all(w in str(info.value) for w in words), info.value
+
+
+def test_split_validation_rejects_bad_arrays(mnist5k):
+    (x_train, y_train), _ = mnist5k
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        data.split_validation(list(x_train), y_train)
+    with pytest.raises(ValueError, match="4000 examples but y_train 3999"):
+        data.split_validation(x_train, y_train[:-1])
+    with pytest.raises(ValueError, match="integer label"):
+        data.split_validation(x_train, y_train.astype(float))

@@ -150,3 +150,36 @@ def test_plot_without_margin_has_no_band_and_refuses_bad_rows():
         plot_paired_differences({})
     with pytest.raises(ValueError, match="at least 2 paired differences"):
         plot_paired_differences({"one seed": [0.01]})
+
+
+def test_interval_half_width_matches_compare_paired():
+    from bnbook.stats import interval_half_width
+
+    values = np.array([0.3, -0.1, -0.2, 0.1, 0.4, 0.6, -0.2, 0.3, -0.2, -0.2])
+    result = compare_paired(values)
+    assert interval_half_width(result.std, 10) == pytest.approx(result.high - result.mean)
+    assert interval_half_width(1.0, 40) < interval_half_width(1.0, 10)
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        interval_half_width(1.0, 1)
+    with pytest.raises(ValueError, match="std must be a finite number > 0, got -1"):
+        interval_half_width(-1.0, 5)
+    with pytest.raises(TypeError, match="n must be an int"):
+        interval_half_width(1.0, 5.0)
+
+
+def test_seeds_for_equivalence_is_the_smallest_enough():
+    from scipy import stats as scipy_stats
+
+    from bnbook.stats import MIN_SEEDS_FOR_VERDICT, interval_half_width, seeds_for_equivalence
+
+    n = seeds_for_equivalence(0.58, 0.5)
+    assert interval_half_width(0.58, n) <= 0.25 < interval_half_width(0.58, n - 1)
+    t = scipy_stats.t.ppf(0.975, n - 1)
+    assert t * 0.58 / np.sqrt(n) <= 0.25
+    assert seeds_for_equivalence(0.01, 1.0) == MIN_SEEDS_FOR_VERDICT  # never fewer than a verdict needs
+    with pytest.raises(ValueError, match="fraction must be in"):
+        seeds_for_equivalence(1.0, 1.0, fraction=2.0)
+    with pytest.raises(ValueError, match="even 20 seeds give a half-width"):
+        seeds_for_equivalence(1.0, 0.1, max_seeds=20)
+    with pytest.raises(TypeError, match="margin must be a number"):
+        seeds_for_equivalence(1.0, "0.5")

@@ -26,12 +26,14 @@ import numpy as np
 from bnbook._checks import check_int
 from bnbook.reproducibility import shifted
 
-__all__ = ["DATASETS", "ENV_VAR", "dataset_name", "load"]
+__all__ = ["DATASETS", "ENV_VAR", "N_VALIDATION", "dataset_name", "load", "split_validation"]
 
 #: The accepted data set names.
 DATASETS: tuple[str, ...] = ("mnist5k", "mnist", "fashion_mnist")
 #: The environment variable that notebooks read to choose the data set.
 ENV_VAR = "BNBOOK_DATASET"
+#: Size of the validation split that :func:`split_validation` carves from the training images.
+N_VALIDATION = 1000
 
 _BASE = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 # name -> list of (file name in the cache, URL, sha256 or None); same sources as keras.datasets.
@@ -212,3 +214,54 @@ def load(
         (prepare(x_train), np.asarray(y_train, dtype=np.int64)),
         (prepare(x_test), np.asarray(y_test, dtype=np.int64)),
     )
+
+
+def split_validation(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    n_val: int = N_VALIDATION,
+    seed: int = 0,
+) -> Split:
+    """Carve a stratified validation split out of the training images: the book's one split.
+
+    Every choice a chapter makes (a learning rate, a number of epochs) is made on this
+    split; the test images of :func:`load` are used once, for the reported result. Every
+    chapter calls it with the defaults on the training set that :func:`load` returned, so
+    the split is the same in every chapter (and moves with ``BNBOOK_SEED_OFFSET``, like the
+    train/test split).
+
+    Args:
+        x_train, y_train: The training images and their integer labels, as :func:`load`
+            returns them (any shape whose first axis is the example).
+        n_val: Size of the validation split, stratified by class (default
+            :data:`N_VALIDATION`, 1,000: a quarter of the offline set's 4,000 training images).
+        seed: Seed of the stratified draw (``BNBOOK_SEED_OFFSET`` is added).
+
+    Returns:
+        ``(x_fit, y_fit), (x_val, y_val)``: the images to train on and the validation
+        images, disjoint, together the whole training set, each in shuffled order.
+
+    Raises:
+        TypeError: ``x_train``/``y_train`` not arrays, or ``n_val``/``seed`` not ints.
+        ValueError: Different lengths, labels that are not integers, or ``n_val`` out of
+            range (the message gives the range: at least one image per class on both sides).
+    """
+    if not isinstance(x_train, np.ndarray) or not isinstance(y_train, np.ndarray):
+        raise TypeError(
+            f"x_train and y_train must be NumPy arrays, got {type(x_train).__name__} and {type(y_train).__name__}"
+        )
+    if len(x_train) != len(y_train):
+        raise ValueError(f"x_train has {len(x_train)} examples but y_train {len(y_train)}: pass matching arrays")
+    if y_train.ndim != 1 or not np.issubdtype(y_train.dtype, np.integer):
+        raise ValueError(f"y_train must be one integer label per example, got shape {y_train.shape}, dtype {y_train.dtype}")
+    n_val = check_int(n_val, "n_val")
+    seed = shifted(check_int(seed, "seed", minimum=0))  # honours BNBOOK_SEED_OFFSET
+    n_classes = len(np.unique(y_train))
+    if not n_classes <= n_val <= len(y_train) - n_classes:
+        raise ValueError(
+            f"n_val={n_val} is out of range for {len(y_train)} training examples of {n_classes} classes: "
+            f"accepted {n_classes} to {len(y_train) - n_classes}"
+        )
+    fit_idx, val_idx = _stratified_indices(y_train, n_val, seed)
+    return (x_train[fit_idx], y_train[fit_idx]), (x_train[val_idx], y_train[val_idx])

@@ -21,8 +21,10 @@ __all__ = [
     "MIN_SEEDS_FOR_VERDICT",
     "PairedComparison",
     "compare_paired",
+    "interval_half_width",
     "paired_differences",
     "plot_paired_differences",
+    "seeds_for_equivalence",
 ]
 
 #: Fewer seeds than this: the comparison is exploratory, whatever its interval says.
@@ -245,3 +247,72 @@ def plot_paired_differences(
     if margin is not None:
         ax.legend(loc="best", fontsize=8)
     return ax
+
+
+def _check_positive(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def interval_half_width(std: float, n: int, *, confidence: float = 0.95) -> float:
+    """Return the half-width of the paired interval for ``n`` seeds: ``t(n-1) * std / sqrt(n)``.
+
+    The interval :func:`compare_paired` reports is ``mean ± interval_half_width(std, n)``,
+    where ``std`` is the standard deviation of the per-seed differences. Use it to plan an
+    equivalence design: an "equivalent" verdict needs ``|mean| + half-width < margin``.
+
+    Raises:
+        TypeError: ``std`` or ``confidence`` not a number, ``n`` not an int.
+        ValueError: ``std`` <= 0, ``n`` < 2, ``confidence`` outside (0, 1).
+    """
+    from scipy import stats  # noqa: PLC0415
+
+    std = _check_positive(std, "std")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {n!r}")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 for an interval, got {n}")
+    confidence = _check_positive(confidence, "confidence")
+    if not confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
+
+
+def seeds_for_equivalence(
+    std: float, margin: float, *, fraction: float = 0.5, confidence: float = 0.95, max_seeds: int = 10_000
+) -> int:
+    """Return the fewest seeds whose interval half-width is at most ``fraction * margin``.
+
+    An equivalence verdict needs the whole interval inside ``±margin``; with a half-width
+    of half the margin (the default ``fraction``), a true mean difference up to half the
+    margin can still be shown equivalent. ``std`` is the standard deviation of the per-seed
+    differences, estimated beforehand (a pilot run) and stated with the result.
+
+    Returns:
+        The smallest ``n >= max(2, MIN_SEEDS_FOR_VERDICT)`` with
+        ``interval_half_width(std, n) <= fraction * margin``.
+
+    Raises:
+        TypeError: A non-numeric argument.
+        ValueError: A non-positive ``std``/``margin``, ``fraction`` outside (0, 1], or no
+            ``n <= max_seeds`` is enough (the message gives the half-width at ``max_seeds``).
+    """
+    std = _check_positive(std, "std")
+    margin = _check_positive(margin, "margin")
+    fraction = _check_positive(fraction, "fraction")
+    if fraction > 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    target = fraction * margin
+    n = MIN_SEEDS_FOR_VERDICT
+    while interval_half_width(std, n, confidence=confidence) > target:
+        n += 1
+        if n > max_seeds:
+            width = interval_half_width(std, max_seeds, confidence=confidence)
+            raise ValueError(
+                f"even {max_seeds} seeds give a half-width of {width:.3g} > {target:.3g} "
+                f"({fraction:g} x margin {margin:g}): widen the margin or reduce the seed-to-seed spread"
+            )
+    return n
