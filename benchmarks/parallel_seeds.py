@@ -2,7 +2,7 @@
 
 Not a test (timings depend on the machine and its load). Run:
 
-    PYTHONPATH=src BNBOOK_QUIET=1 .venv/bin/python tools/bench_parallel_seeds.py
+    PYTHONPATH=src BNBOOK_QUIET=1 .venv/bin/python benchmarks/parallel_seeds.py
 
 It prints the wall and process CPU seconds of (a) ``bnbook.ensembles.train_parallel`` with
 10 seeds as branches of one model and (b) ``bnbook.experiments.run_experiments`` with the
