@@ -308,10 +308,12 @@ _FIX: dict[str, str] = {
         "fit() passes training=True, which replaces a training=False written in the model (Keras 3, "
         "keras-team/keras#20285): to keep these BN layers in inference mode while fine-tuning, set "
         "trainable=False on the BN layers themselves (a frozen Keras BN layer runs in inference mode) and "
-        "compile() again; chapters 3 and 4"
+        "compile() again, with a new optimizer if you unfroze layers (the old one knows only the variables it "
+        "was built with); chapters 3 and 4"
     ),
     "frozen_but_training": (
-        "call compile() again after changing trainable, and call BN layers without a fixed training=True; "
+        "call compile() again after changing trainable (with a new optimizer if layers were unfrozen), and "
+        "call BN layers without a fixed training=True; "
         "chapters 3 and 4"
     ),
     "pytorch_momentum": (
