@@ -84,12 +84,14 @@ def test_the_real_machine_here_is_cpu_only():
 @pytest.mark.parametrize("gpu", [False, True])
 def test_keras_auto_xla_follows_the_same_device_list(monkeypatch, gpu):
     # Keras decides jit_compile="auto" from tf.config.list_physical_devices too
-    # (trainers/trainer.py, _resolve_auto_jit_compile): XLA on a GPU once determinism is off.
-    # This is the GPU branch of a chapter's `model.jit_compile == per_device(cpu=False, gpu=True)`.
+    # (trainers/trainer.py, _resolve_auto_jit_compile): XLA on a GPU only once determinism is
+    # off (model_supports_jit); with it on, as after start_chapter, False on a GPU too, which is
+    # why devices' docstring points to timing.xla_by_default rather than to per_device.
     _fake_devices(monkeypatch, gpu=gpu)
     import tensorflow.python.framework.config as tf_framework_config
 
-    monkeypatch.setattr(tf_framework_config, "is_op_determinism_enabled", lambda: False)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
-    assert model.jit_compile is devices.per_device(cpu=False, gpu=True)
+    for determinism in (False, True):
+        monkeypatch.setattr(tf_framework_config, "is_op_determinism_enabled", lambda d=determinism: d)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+        assert model.jit_compile is (gpu and not determinism)

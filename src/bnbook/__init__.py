@@ -1,7 +1,9 @@
 """Helper package of the executable book on batch normalization in TensorFlow/Keras.
 
-Importing it first, before TensorFlow, silences TensorFlow's C++ log lines (the one
-place the book sets ``TF_CPP_MIN_LOG_LEVEL``). A chapter opens with::
+Importing it first, before TensorFlow, sets ``TF_CPP_MIN_LOG_LEVEL=3`` (the one place
+the book sets it), which drops TensorFlow's C++ INFO, WARNING and ERROR log lines; a few
+start-up lines TensorFlow 2.21 prints before its logging is set up still appear in
+Jupyter or Colab (see :mod:`bnbook.quiet`). A chapter opens with::
 
     import bnbook  # before TensorFlow
 

@@ -1,12 +1,19 @@
 """Which device TensorFlow computes on, and splitting the CPU into several logical devices.
 
 The book's committed outputs are CPU outputs (``tools.notebooks`` hides any GPU), but a
-reader may run a chapter on Colab's GPU runtime, where some facts differ: Keras's
-``jit_compile="auto"`` turns XLA on, kernels differ (cuDNN's fused batch norm returns
-NaN where the CPU kernel returns 0), timings differ. A chapter asserts such a fact per
-device with :func:`gpu_visible`, :func:`device_kind` or :func:`per_device`, all of which
-ask ``tf.config.list_physical_devices`` (the call Keras itself makes to decide about
-XLA), so a test can fake a GPU by patching that one function.
+reader may run a chapter on Colab's GPU runtime, where some facts differ: kernels differ
+(cuDNN's fused batch norm was reported to return NaN where the CPU kernel returns 0),
+timings differ. A chapter asserts such a fact per device with :func:`gpu_visible`,
+:func:`device_kind` or :func:`per_device`, all of which ask
+``tf.config.list_physical_devices``, so a test can fake a GPU by patching that one
+function.
+
+Whether ``compile()``'s default ``jit_compile="auto"`` uses XLA is *not* a per-device
+fact in this book: Keras 3.15 turns it on only where TensorFlow sees any non-CPU device
+(a GPU or a TPU), no distribution strategy is in use, and the model supports XLA, which
+it does not while TensorFlow's op determinism is on, as it is after
+``bnbook.start_chapter`` (``_resolve_auto_jit_compile`` and ``model_supports_jit`` in
+``keras/src/trainers/trainer.py``). Ask :func:`bnbook.timing.xla_by_default` for it.
 
 Splitting the CPU, to run ``tf.distribute`` strategies on one machine:
 
@@ -50,8 +57,11 @@ def device_kind() -> str:
 def per_device(*, cpu: T, gpu: T) -> T:
     """Return what holds on this device: ``gpu`` where TensorFlow sees a GPU, else ``cpu``.
 
-    For a fact that differs between devices, e.g.
-    ``assert model.jit_compile == per_device(cpu=False, gpu=True)``.
+    For a fact that differs between devices, e.g. what the fused kernel returns for
+    one value per channel: ``assert np.all(per_device(cpu=zero, gpu=zero | nan))``.
+    (Not for ``model.jit_compile``: with op determinism on, as after
+    ``bnbook.start_chapter``, it is False on a GPU too; see
+    :func:`bnbook.timing.xla_by_default`.)
 
     Args:
         cpu: The value on a CPU-only machine.
