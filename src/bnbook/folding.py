@@ -114,8 +114,9 @@ class FoldDecision:
         reason: ``"folded"``, or why not (or why the fold is inexact).
         direction: ``"backward"`` (into the layer before it), ``"forward"`` (into the
             layer after it), or None when it is not folded.
-        exact: False only for a forward fold into a ``padding="same"``/``"causal"``
-            convolution that ``allow_inexact=True`` asked for.
+        exact: For a folded BN: False only for a forward fold into a
+            ``padding="same"``/``"causal"`` convolution that ``allow_inexact=True`` asked
+            for, else True. None for a BN left in place.
     """
 
     bn: str
@@ -123,7 +124,7 @@ class FoldDecision:
     folded: bool
     reason: str
     direction: str | None = None
-    exact: bool = True
+    exact: bool | None = None
 
 
 @dataclass
@@ -139,8 +140,15 @@ class FoldReport:
             original's and the copy's outputs on ``x`` in inference mode; else None.
         max_output: The largest absolute output of the original on ``x`` (the scale of
             ``max_difference``); None without ``verify``.
-        tolerance: The largest difference accepted (``atol``, or the default given in
-            :func:`fold_report`); None without ``verify``.
+        rounding: The original's own rounding error on ``x``: the largest absolute
+            difference between the unfolded model at the copy's precision (the original,
+            or with ``dtype="float32"`` its unfolded float32 copy) and a float64 rebuild of
+            it; None without ``verify`` or when no float64 rebuild could be made.
+        checked_difference: The difference the check uses: the largest absolute
+            difference between the folded copy and the unfolded model at the copy's
+            precision (equal to ``max_difference`` when ``dtype`` is None).
+        tolerance: The largest ``checked_difference`` accepted (``atol``, or the default
+            given in :func:`fold_report`); None without ``verify``.
     """
 
     model: keras.Model
@@ -150,6 +158,8 @@ class FoldReport:
     dtype: str | None = None
     max_difference: float | None = None
     max_output: float | None = None
+    rounding: float | None = None
+    checked_difference: float | None = None
     tolerance: float | None = None
 
     @property
@@ -164,10 +174,10 @@ class FoldReport:
 
     @property
     def verified(self) -> bool | None:
-        """Whether ``max_difference <= tolerance`` (None without ``verify``)."""
-        if self.max_difference is None or self.tolerance is None:
+        """Whether ``checked_difference <= tolerance`` (None without ``verify``)."""
+        if self.checked_difference is None or self.tolerance is None:
             return None
-        return self.max_difference <= self.tolerance
+        return self.checked_difference <= self.tolerance
 
     def __str__(self) -> str:
         backward = sum(d.direction == "backward" for d in self.folded)
@@ -180,8 +190,10 @@ class FoldReport:
         lines += [f"left: {d.bn}: {d.reason}" for d in self.left]
         if self.max_difference is not None:
             verdict = "within" if self.verified else "ABOVE"
+            rounding = "unknown" if self.rounding is None else f"{self.rounding:.3g}"
             lines.append(
-                f"verify: largest |difference| {self.max_difference:.3g} (largest |output| {self.max_output:.3g}), "
+                f"verify: largest |difference| {self.max_difference:.3g} (largest |output| {self.max_output:.3g}, "
+                f"the original's own float rounding {rounding}); checked {self.checked_difference:.3g}, "
                 f"{verdict} the tolerance {self.tolerance:.3g}"
             )
         return "\n".join(lines)
@@ -528,18 +540,23 @@ def _decide(bn: L.Layer, bn_nodes: list, info: _GraphInfo, prefix: str, options:
     if len(bn_nodes) != 1:
         return no("the BN layer is shared (called more than once)")
     node = bn_nodes[0]
-    if node.arguments.kwargs.get("training") is True:
+    # Keras 3 runs a non-trainable BN in inference mode even with training=True
+    # (keras/src/layers/normalization/batch_normalization.py: `if training and self.trainable`).
+    if node.arguments.kwargs.get("training") is True and bn.trainable:
         return no(
             "it is called with training=True in the graph, so model(x) without training= uses batch "
             "statistics (predict/evaluate pass training=False, which overrides it): folding would change model(x)"
         )
-    if len(node.input_tensors) != 1:
-        return no(f"it is called on {len(node.input_tensors)} tensors")
+    # A mask (e.g. from Embedding(mask_zero=True)) comes as the keyword argument mask=,
+    # which inference-mode BN ignores: only the positional arguments are its data.
+    data = [t for t in keras.tree.flatten(node.arguments.args) if isinstance(t, keras.KerasTensor)]
+    if len(data) != 1:
+        return no(f"it is called on {len(data)} tensors")
     try:
         _bn_map(bn)
     except ValueError as error:
         return no(f"its variables cannot be folded: {error}")
-    producer, backward_problem = _backward(bn, node.input_tensors[0], info, options)
+    producer, backward_problem = _backward(bn, data[0], info, options)
     if backward_problem is None:
         return yes(producer, "backward")
     consumer, forward_problem, exact = _forward(bn, node, info, options)
@@ -717,21 +734,28 @@ def fold_report(
 
     Args:
         model, dtype, allow_inexact, warn: As in :func:`fold_batchnorm`.
-        verify: Inputs (a batch, or the structure the model takes) on which both models
-            are run in inference mode (``training=False``); the report gives the largest
-            absolute difference of their outputs. None: no check.
-        atol: The largest difference accepted by ``report.verified``. None: ``1e-4``
-            times the largest absolute output of the original (float32 rounding through
-            a network), or ``1e-2`` times it when the original computes anything in
-            float16/bfloat16 (their rounding) or when TensorFlow runs float32 matrix
-            products in TF32 on a GPU (its default on Ampere and later).
+        verify: Inputs (arrays or tensors: a batch, or the structure the model takes,
+            not a ``tf.data.Dataset`` or generator) on which the models are run in
+            inference mode (``training=False``), with TF32 switched off on GPUs; the
+            report gives the largest absolute difference of their outputs. None: no check.
+        atol: The largest ``checked_difference`` accepted by ``report.verified``. None:
+            self-calibrated from the network's own rounding: ``4 * rounding + 1e-6 *
+            max_output``, where ``rounding`` is how far the unfolded model at the copy's
+            precision is from a float64 rebuild of it on ``verify`` (a correct fold
+            rounds differently but no worse, so the copy and the unfolded model differ
+            by up to about twice that; 1e-6 of the largest output is a few float32
+            units in the last place, for networks that round almost nothing). If no
+            float64 rebuild can be made (a layer that cannot compute in float64), the
+            fallback is ``1e-4`` times the largest absolute output, or ``1e-2`` times it
+            when the original computes anything in float16/bfloat16.
 
     Returns:
         A :class:`FoldReport`; ``str(report)`` is a readable summary.
 
     Raises:
         As :func:`fold_batchnorm`; ``ValueError`` also when ``verify`` holds non-finite
-        values, or ``atol`` is not a finite number >= 0.
+        values, or ``atol`` is not a finite number >= 0; ``TypeError`` when ``verify`` is
+        a dataset, generator or anything but (a structure of) arrays or tensors.
     """
     if not isinstance(warn, bool):
         raise TypeError(f"warn must be a bool, got {warn!r} of type {type(warn).__name__}")
@@ -743,6 +767,11 @@ def fold_report(
     _check_model(model)
     if verify is not None:
         for value in keras.tree.flatten(verify):
+            if not (isinstance(value, (np.ndarray, int, float)) or keras.ops.is_tensor(value)):
+                raise TypeError(
+                    f"verify must be an array, a tensor or a list/tuple/dict of them, got {type(value).__name__}; "
+                    "for a tf.data.Dataset pass one batch: next(iter(dataset)) (its inputs only)"
+                )
             array = np.asarray(value)
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                 bad = int(np.sum(~np.isfinite(array)))
@@ -757,13 +786,74 @@ def fold_report(
                 warnings.warn(f"BN layer {d.bn!r} was not folded: {d.reason}", FoldingWarning, stacklevel=3)
             elif not d.exact:
                 warnings.warn(f"BN layer {d.bn!r} was folded inexactly: {d.reason}", FoldingWarning, stacklevel=3)
+    folded = _rebuild(model, edges, dtype, f"{model.name}_folded", operations, counts)
+    report = FoldReport(
+        folded,
+        [edge.decision for edge in edges],
+        layers_removed=_count_layers(model) - _count_layers(folded),
+        parameters_removed=model.count_params() - folded.count_params(),
+        dtype=dtype,
+    )
+    if verify is not None:
+        _verify(report, model, edges, verify, atol, operations, counts)
+    return report
+
+
+def _largest(arrays: list[np.ndarray], others: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(arrays, others, strict=True))
+
+
+def _verify(
+    report: FoldReport, model: keras.Model, edges: list[_Edge], verify: Any, atol: float | None,
+    operations: list[Any], counts: dict[int, tuple[int, int]],
+) -> None:
+    """Fill in the check's numbers of ``report`` (see :func:`fold_report`)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    unfolded = [_Edge(e.bn, None, FoldDecision(e.decision.bn, None, False, "")) for e in edges]
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        original, copied = _outputs(model, verify), _outputs(report.model, verify)
+        same_precision = original
+        if report.dtype is not None:
+            plain = _rebuild(model, unfolded, report.dtype, f"{model.name}_{report.dtype}", operations, counts)
+            same_precision = _outputs(plain, verify)
+        try:
+            exact = _rebuild(model, unfolded, "float64", f"{model.name}_float64", operations, counts)
+            as64 = keras.tree.map_structure(
+                lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v, verify
+            )
+            reference = _outputs(exact, as64)
+        except Exception:  # noqa: BLE001 - a layer that cannot compute in float64: the fallback tolerance
+            reference = None
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    report.max_output = max(float(np.max(np.abs(a), initial=0.0)) for a in original)
+    report.max_difference = _largest(original, copied)
+    report.checked_difference = _largest(same_precision, copied)
+    if reference is not None:
+        report.rounding = _largest(same_precision, reference)
+    if atol is None:
+        if report.rounding is not None:
+            atol = 4 * report.rounding + 1e-6 * report.max_output
+        else:
+            atol = (1e-2 if _low_precision(model) else 1e-4) * report.max_output
+    report.tolerance = float(atol)
+
+
+def _rebuild(
+    model: keras.Model, edges: list[_Edge], dtype: str | None, name: str,
+    operations: list[Any], counts: dict[int, tuple[int, int]],
+) -> keras.Model:
+    """A copy of ``model`` with the folded BN of ``edges`` folded, its layers in ``dtype`` (None: their own)."""
     folder = _Folder(edges, dtype)
     # Building the copy's layers draws seeds for their (then overwritten) initializers from
     # Python's global generator (keras/src/random/seed_generator.py, make_default_seed): put it
     # back, so that folding does not change what the user's next seeded model gets.
     python_random = random.getstate()
     try:
-        folded = folder.fold(model, f"{model.name}_folded")
+        return folder.fold(model, name)
     finally:
         random.setstate(python_random)
         # Reused objects (no config; stateless operations that could not be rebuilt) were called
@@ -774,30 +864,6 @@ def fold_report(
             if inbound is not None:
                 del op._inbound_nodes[inbound:]
                 del op._outbound_nodes[outbound:]
-    report = FoldReport(
-        folded,
-        [edge.decision for edge in edges],
-        layers_removed=_count_layers(model) - _count_layers(folded),
-        parameters_removed=model.count_params() - folded.count_params(),
-        dtype=dtype,
-    )
-    if verify is not None:
-        original, copied = _outputs(model, verify), _outputs(folded, verify)
-        report.max_output = max(float(np.max(np.abs(a))) for a in original)
-        report.max_difference = max(float(np.max(np.abs(a - b))) for a, b in zip(original, copied, strict=True))
-        if atol is None:
-            relative = 1e-2 if _low_precision(model) or _tf32_on_gpu() else 1e-4
-            atol = relative * report.max_output
-        report.tolerance = float(atol)
-    return report
-
-
-def _tf32_on_gpu() -> bool:
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - the book runs on TensorFlow
-        return False
-    return bool(tf.config.list_physical_devices("GPU")) and tf.config.experimental.tensor_float_32_execution_enabled()
 
 
 def _count_layers(model: keras.Model) -> int:
@@ -846,7 +912,8 @@ def fold_batchnorm(
             with float32 layers (e.g. from a ``mixed_float16`` model), and folded there.
         allow_inexact: Fold forward into ``padding="same"``/``"causal"`` convolutions too.
         verify: Inputs on which to compare both models (see :func:`fold_report`);
-            a ``ValueError`` if the largest difference exceeds the tolerance.
+            a ``ValueError`` if the difference exceeds the tolerance, which by default
+            is calibrated from the original's own float rounding on these inputs.
         atol: The tolerance for ``verify`` (see :func:`fold_report`).
 
     Returns:
@@ -864,7 +931,8 @@ def fold_batchnorm(
     report = fold_report(model, dtype=dtype, allow_inexact=allow_inexact, verify=verify, atol=atol, warn=warn)
     if report.verified is False:
         raise ValueError(
-            f"the folded model differs from the original by up to {report.max_difference:.3g} on verify "
-            f"(largest |output| {report.max_output:.3g}), above the tolerance {report.tolerance:.3g}"
+            f"the folded model differs from the unfolded one by up to {report.checked_difference:.3g} on verify "
+            f"(largest |output| {report.max_output:.3g}, the original's own rounding {report.rounding}), "
+            f"above the tolerance {report.tolerance:.3g}"
         )
     return report.model
