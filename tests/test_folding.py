@@ -597,3 +597,46 @@ def test_a_masked_bn_is_folded_and_its_mask_still_reaches_the_pooling():
     expected = (z * mask).sum(1) / mask.sum(1)
     np.testing.assert_allclose(report.model(x), expected, rtol=1e-5, atol=1e-5)
     assert np.max(np.abs(z.mean(1) - expected)) > 1e-2  # the mask matters
+
+
+@pytest.mark.parametrize(
+    ("between", "shape", "tile"),
+    [
+        (lambda: [L.Flatten()], (3, 4, 5), 12),
+        (lambda: [L.Flatten(data_format="channels_first")], (5, 3, 4), 12),
+        (lambda: [L.GlobalAveragePooling2D()], (3, 4, 5), 1),
+        (lambda: [L.GlobalAveragePooling1D(), L.Dropout(0.5)], (6, 5), 1),
+        (lambda: [L.Dropout(0.5)], (5,), 1),
+        (lambda: [L.Dropout(0.3), L.Flatten()], (2, 3, 5), 6),
+    ],
+    ids=["flatten", "flatten-channels-first", "gap2d", "gap1d-dropout", "dropout", "dropout-flatten"],
+)
+def test_forward_folding_through_flatten_pooling_and_dropout(between, shape, tile):
+    channels_first = "channels_first" in str(between()[0].get_config())
+    inputs = keras.Input(shape)
+    h = L.Activation("relu")(L.Dense(shape[-1])(inputs) if len(shape) == 1 else inputs)
+    h = L.BatchNormalization(axis=1 if channels_first else -1, name="bn")(h)
+    for layer in between():
+        h = layer(h)
+    model = keras.Model(inputs, L.Dense(7, name="target")(h))
+    randomise_bn(model, np.random.default_rng(0))
+    (decision,) = plan_folding(model)
+    assert (decision.folded, decision.direction, decision.into, decision.exact) == (True, "forward", "target", True)
+    x = np.random.default_rng(1).normal(size=(8, *shape)).astype("float32")
+    report = fold_report(model, verify=x)
+    assert count_bn(report.model) == 0 and report.verified
+    # Independent reference: the original model itself, in inference mode.
+    np.testing.assert_allclose(report.model(x), model(x, training=False), rtol=1e-5, atol=1e-5 * report.max_output)
+    assert report.model.get_layer("target").kernel.shape[0] == tile * (shape[0] if channels_first else shape[-1])
+
+
+def test_no_forward_fold_through_pooling_into_a_convolution_or_through_training_dropout():
+    inputs = keras.Input((6, 6, 4))
+    h = L.BatchNormalization(name="bn")(L.Activation("relu")(inputs))
+    h = L.GlobalAveragePooling2D(keepdims=True)(h)  # keepdims: not followed
+    model = keras.Model(inputs, L.Conv2D(3, 1)(h))
+    assert not plan_folding(model)[0].folded
+    inputs = keras.Input((4,))
+    h = L.Dropout(0.5)(L.BatchNormalization()(L.Activation("relu")(inputs)), training=True)
+    model = keras.Model(inputs, L.Dense(3)(h))
+    assert not plan_folding(model)[0].folded

@@ -29,6 +29,12 @@ shift the original did not, so the fold is inexact there. Such a BN is left in p
 and reported, unless ``allow_inexact=True``. Transposed convolutions give their output
 positions different numbers of taps, so no forward fold is offered for them.
 
+A forward fold also passes through layers that commute with BN's per-channel map in
+inference mode: ``Dropout`` (the identity there), ``Flatten`` (each channel's ``s`` and
+``t`` repeat once per position, so the Dense kernel's rows are scaled by the tiled
+``s``) and ``GlobalAveragePooling1D/2D/3D`` without ``keepdims`` (an average of
+``s * z + t`` is ``s * mean(z) + t``), into the ``Dense`` layer after them.
+
 :func:`fold_batchnorm` applies this to every BN layer it can (backward first, forward
 when backward is not possible), in the model and in the Sequential/Functional models
 nested in it, and leaves the others in place, saying why (:func:`plan_folding` gives
@@ -292,9 +298,15 @@ def _bn_map(bn: L.Layer) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _forward_into(layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarray, bn: L.Layer) -> np.ndarray:
-    """Fold ``bn`` (before ``layer``) into ``weights`` in place; return the new bias (float64)."""
+def _forward_into(
+    layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarray, bn: L.Layer, tile: int = 1
+) -> np.ndarray:
+    """Fold ``bn`` (before ``layer``) into ``weights`` in place; return the new bias (float64).
+
+    ``tile`` > 1: a Flatten between them (channels last) repeats BN's channels ``tile`` times.
+    """
     scale, shift = _bn_map(bn)
+    scale, shift = np.tile(scale, tile), np.tile(shift, tile)
     if isinstance(layer, L.Dense):  # kernel (in, out)
         kernel = weights["kernel"]
         weights["kernel"] = kernel * scale[:, None]
@@ -318,7 +330,9 @@ def _forward_into(layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarr
     return bias + (kernel * shift[index]).reshape(-1, out).sum(0)
 
 
-def _folded_layer_weights(layer: L.Layer, before: L.Layer | None, after: L.Layer | None) -> dict[str, np.ndarray]:
+def _folded_layer_weights(
+    layer: L.Layer, before: L.Layer | None, after: L.Layer | None, tile: int = 1
+) -> dict[str, np.ndarray]:
     """The weights of ``layer`` with ``before`` folded forward and ``after`` folded backward, by name."""
     weights = {
         name: getattr(layer, name).numpy().astype(np.float64)
@@ -333,7 +347,7 @@ def _folded_layer_weights(layer: L.Layer, before: L.Layer | None, after: L.Layer
         channels = weights[name].shape[-1]
     bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(channels)
     if before is not None:
-        bias = _forward_into(layer, weights, bias, before)
+        bias = _forward_into(layer, weights, bias, before, tile)
     if after is not None:
         kernel = weights[name]
         # Bring the output channels to the last axis, as folded_weights wants them.
@@ -391,6 +405,7 @@ class _Edge:
     bn: L.Layer
     target: Any
     decision: FoldDecision
+    tile: int = 1  # forward through a Flatten: how many times BN's channels repeat in the target's input
 
 
 @dataclass
@@ -489,27 +504,75 @@ def _backward(bn: L.Layer, tensor: Any, info: _GraphInfo, options: dict[str, Any
     return producer, None
 
 
+def _single_consumer(tensor: Any, info: _GraphInfo) -> Any:
+    consumers = info.consumers.get(id(tensor), [])
+    return consumers[0] if info.uses.get(id(tensor), 0) == 1 and len(consumers) == 1 else None
+
+
+def _through(bn: L.Layer, rank: int, node: Any, info: _GraphInfo) -> int | None:
+    """If ``node`` calls a layer that commutes with BN's per-channel map at inference (Dropout,
+    Flatten or GlobalAveragePooling with BN's axis as its channel axis): how many times each of
+    BN's channels appears in its output (Flatten: the positions); else None."""
+    layer = node.operation
+    passes = (L.Dropout, L.Flatten, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
+    if type(layer) not in passes or info.calls.get(id(layer), 0) != 1 or len(node.output_tensors) != 1:
+        return None
+    if node.arguments.kwargs.get("training") is True:
+        return None  # a Dropout forced into training mode is not the identity
+    if isinstance(layer, L.Dropout):
+        return 1
+    if bn.axis % rank != _channel_axis(layer, rank):
+        return None
+    if isinstance(layer, L.Flatten):
+        shape = node.input_tensors[0].shape
+        spatial = [d for i, d in enumerate(shape[1:], 1) if i != bn.axis % rank]
+        return None if any(d is None for d in spatial) else int(np.prod(spatial))
+    return None if layer.keepdims else 1  # the average of s * z + t over positions is s * mean(z) + t
+
+
 def _forward(
     bn: L.Layer, node: Any, info: _GraphInfo, options: dict[str, Any]
-) -> tuple[Any, str | None, bool]:
-    """The layer after ``bn``, why it cannot take the fold (None: it can), and whether the fold is exact."""
+) -> tuple[Any, str | None, bool, int]:
+    """The layer after ``bn``, why it cannot take the fold (None: it can), whether the fold is exact,
+    and how many times BN's channels repeat in that layer's input (after a Flatten)."""
     (output,) = node.output_tensors
-    consumers = info.consumers.get(id(output), [])
-    if info.uses.get(id(output), 0) != 1 or len(consumers) != 1:
-        return None, "its output is used by several layers or is a model output", True
-    consumer_node = consumers[0]
+    consumer_node = _single_consumer(output, info)
+    if consumer_node is None:
+        return None, "its output is used by several layers or is a model output", True, 1
+    rank = len(output.shape)
+    tile, passed = 1, []
+    while (factor := _through(bn, rank, consumer_node, info)) is not None:
+        reduced = any(not isinstance(layer, L.Dropout) for layer in passed)
+        if reduced and not isinstance(consumer_node.operation, L.Dropout):
+            break  # after a Flatten or pooling only Dropout is followed (BN's axis no longer applies)
+        passed.append(consumer_node.operation)
+        tile *= factor
+        following = _single_consumer(consumer_node.output_tensors[0], info)
+        if following is None:
+            return consumer_node.operation, f"the output of {consumer_node.operation.name} is used elsewhere too", True, 1
+        consumer_node = following
     consumer = consumer_node.operation
+    problem, exact = _into_forward(bn, consumer, consumer_node, passed, rank, info, options)
+    return consumer, problem, exact, tile
+
+
+def _into_forward(
+    bn: L.Layer, consumer: Any, consumer_node: Any, passed: list, rank: int, info: _GraphInfo, options: dict[str, Any]
+) -> tuple[str | None, bool]:
+    reduced = any(not isinstance(layer, L.Dropout) for layer in passed)  # channels now on the last axis of a 2D input
+    if reduced and type(consumer) is not L.Dense:
+        name = getattr(consumer, "name", "?")
+        return f"feeds {passed[-1].name!r} then {name!r}: only a Dense layer takes a fold through it", True
     problem = _layer_problem(consumer, info, "feeds")
     if problem is not None:
-        return consumer, problem, True
+        return problem, True
     if len(consumer_node.input_tensors) != 1:
-        return consumer, f"{consumer.name} is called on {len(consumer_node.input_tensors)} tensors", True
-    problem = _dtype_problem([bn, consumer], options)
+        return f"{consumer.name} is called on {len(consumer_node.input_tensors)} tensors", True
+    problem = _dtype_problem([bn, *passed, consumer], options)
     if problem is not None:
-        return consumer, problem, True
-    rank = len(output.shape)
-    if bn.axis % rank != _channel_axis(consumer, rank):
-        return consumer, f"its axis {bn.axis} is not the input channel axis of {consumer.name}", True
+        return problem, True
+    if not reduced and bn.axis % rank != _channel_axis(consumer, rank):
+        return f"its axis {bn.axis} is not the input channel axis of {consumer.name}", True
     padding = getattr(consumer, "padding", "valid")
     if padding != "valid":
         reason = (
@@ -517,9 +580,9 @@ def _forward(
             "(its zero padding would count as BN outputs beta - mean * s instead of 0)"
         )
         if options["allow_inexact"]:
-            return consumer, None, False
-        return consumer, f"{reason}; allow_inexact=True folds it anyway", True
-    return consumer, None, True
+            return None, False
+        return f"{reason}; allow_inexact=True folds it anyway", True
+    return None, True
 
 
 def _decide(bn: L.Layer, bn_nodes: list, info: _GraphInfo, prefix: str, options: dict[str, Any]) -> _Edge:
@@ -559,12 +622,15 @@ def _decide(bn: L.Layer, bn_nodes: list, info: _GraphInfo, prefix: str, options:
     producer, backward_problem = _backward(bn, data[0], info, options)
     if backward_problem is None:
         return yes(producer, "backward")
-    consumer, forward_problem, exact = _forward(bn, node, info, options)
+    consumer, forward_problem, exact, tile = _forward(bn, node, info, options)
     if forward_problem is None:
         if exact:
-            return yes(consumer, "forward")
-        padding = consumer.padding
-        return yes(consumer, "forward", False, f"folded forward; inexact at the borders (padding={padding!r})")
+            edge = yes(consumer, "forward")
+        else:
+            padding = consumer.padding
+            edge = yes(consumer, "forward", False, f"folded forward; inexact at the borders (padding={padding!r})")
+        edge.tile = tile
+        return edge
     return no(f"{backward_problem}; forward: {forward_problem}", producer if producer is not None else consumer)
 
 
@@ -607,6 +673,7 @@ class _Folder:
         self.removed = {id(edge.bn) for edge in folded}
         self.bn_after = {id(e.target): e.bn for e in folded if e.decision.direction == "backward"}
         self.bn_before = {id(e.target): e.bn for e in folded if e.decision.direction == "forward"}
+        self.tiles = {id(e.target): e.tile for e in folded if e.decision.direction == "forward"}
         self.dtype = dtype
         self.copies: dict[int, Any] = {}  # original operation -> its copy (shared layers stay shared)
         self.weights: dict[int, Any] = {}  # copy -> weights to give it once it is built
@@ -638,7 +705,7 @@ class _Folder:
         if id(layer) in self.bn_after or id(layer) in self.bn_before:
             clone = layer.__class__.from_config({**self._config(layer), "use_bias": True, "bias_initializer": "zeros"})
             self.weights[id(clone)] = _folded_layer_weights(
-                layer, self.bn_before.get(id(layer)), self.bn_after.get(id(layer))
+                layer, self.bn_before.get(id(layer)), self.bn_after.get(id(layer)), self.tiles.get(id(layer), 1)
             )
             return clone
         try:
@@ -890,7 +957,8 @@ def fold_batchnorm(
       axis is BN's axis;
     - otherwise **forward**, when its output feeds only a plain ``Dense``,
       ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` or ``SeparableConv1D/2D`` layer whose
-      input channel axis is BN's axis, with ``padding="valid"`` (exact). With
+      input channel axis is BN's axis, with ``padding="valid"`` (exact), or a ``Dense``
+      layer after a ``Flatten`` or ``GlobalAveragePooling`` (and ``Dropout``). With
       ``padding="same"``/``"causal"`` the fold is inexact at the borders: the BN is
       left in place and reported, unless ``allow_inexact=True``.
 
