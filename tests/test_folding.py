@@ -307,7 +307,7 @@ def test_bn_inside_nested_models_is_folded_there():
     outer = keras.Sequential([keras.Input((4,)), inner, L.Dense(2)])
     randomise_bn(outer, np.random.default_rng(0))
     (decision,) = plan_folding(outer)
-    assert decision == FoldDecision("inner/inner_bn", f"inner/{inner.layers[0].name}", True, "folded", "backward")
+    assert decision == FoldDecision("inner/inner_bn", f"inner/{inner.layers[0].name}", True, "folded", "backward", True)
     x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
     folded = _check_same_predictions(outer, x, 0)
     assert isinstance(folded.layers[0], keras.Sequential) and folded.layers[0].name == "inner"
@@ -404,7 +404,7 @@ def test_every_linear_layer_kind_folds_exactly(make_layer, shape, center):
 def test_bnbook_batchnorm_after_dense_is_folded():
     model = keras.Sequential([keras.Input((5,)), L.Dense(4, name="dense"), BatchNorm(name="ours"), L.Dense(2)])
     randomise_bn(model, np.random.default_rng(0))
-    assert plan_folding(model) == [FoldDecision("ours", "dense", True, "folded", "backward")]
+    assert plan_folding(model) == [FoldDecision("ours", "dense", True, "folded", "backward", True)]
     _check_same_predictions(model, np.random.default_rng(1).normal(size=(8, 5)).astype("float32"), 0)
 
 
@@ -499,3 +499,144 @@ def test_nested_subclassed_models_and_layers_without_config_are_reused_and_repor
     assert folded.get_layer(net.name) is net and count_bn(folded) == 1
     x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
     np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+
+
+def _efficientnet_on_pixels():
+    """EfficientNetB0 at 64x64 with random BN statistics on inputs 0-255: an ill-conditioned network
+    whose float32 logits (about 7e3) are a few units off a float64 computation of the same model."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(
+        weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
+    )
+    randomise_bn(model, np.random.default_rng(0))
+    return model, np.random.default_rng(1).uniform(0, 255, size=(4, 64, 64, 3)).astype("float32")
+
+
+def test_verify_calibrates_its_tolerance_on_an_ill_conditioned_network():
+    model, x = _efficientnet_on_pixels()
+    report = fold_report(model, verify=x)
+    # The original itself is far from exact arithmetic: a flat 1e-4 of the largest logit would refuse
+    # a correct fold; the tolerance comes from that rounding instead.
+    assert report.rounding > 1e-4 * report.max_output
+    assert report.max_difference > 1e-4 * report.max_output
+    assert report.tolerance == pytest.approx(4 * report.rounding + 1e-6 * report.max_output)
+    assert report.verified and report.checked_difference == report.max_difference
+    fold_batchnorm(model, verify=x)  # does not raise
+
+
+def _cnn():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((12, 12, 3)), L.Conv2D(8, 3, use_bias=False), L.BatchNormalization(epsilon=1e-3),
+        L.Activation("relu"), L.BatchNormalization(epsilon=1e-3), L.Conv2D(8, 3), L.Flatten(), L.Dense(5),
+    ])
+    randomise_bn(model, np.random.default_rng(0))
+    return model, np.random.default_rng(1).normal(size=(8, 12, 12, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+def test_verify_catches_a_fold_with_epsilon_left_out(direction, monkeypatch):
+    model, x = _cnn()
+    good = fold_report(model, verify=x)
+    assert good.verified and good.rounding > 0
+    assert [d.direction for d in good.decisions] == ["backward", "forward"]
+    import bnbook.folding as folding
+
+    right = folding._bn_map
+
+    def without_epsilon(bn):  # the bug: epsilon forgotten in one of the two directions
+        wrong = (bn is model.layers[1]) == (direction == "backward")
+        if not wrong:
+            return right(bn)
+        return folding._scale_and_shift(
+            bn.gamma.numpy(), bn.beta.numpy(), bn.moving_mean.numpy(), bn.moving_variance.numpy(), 0.0
+        )
+
+    monkeypatch.setattr(folding, "_bn_map", without_epsilon)
+    bad = fold_report(model, verify=x)
+    assert bad.verified is False and bad.checked_difference > 10 * bad.tolerance
+    with pytest.raises(ValueError, match="above the tolerance"):
+        fold_batchnorm(model, verify=x)
+
+
+def test_decisions_left_in_place_say_nothing_about_exactness():
+    model = keras.Sequential([keras.Input((4,)), L.BatchNormalization(), L.Activation("relu")])
+    (decision,) = plan_folding(model)
+    assert not decision.folded and decision.exact is None and decision.direction is None
+
+
+def test_a_non_trainable_bn_called_with_training_true_is_folded():
+    # Keras 3 runs it in inference mode (batch_normalization.py: `if training and self.trainable`).
+    inputs = keras.Input((4,))
+    bn = L.BatchNormalization(trainable=False)
+    model = keras.Model(inputs, bn(L.Dense(3)(inputs), training=True))
+    randomise_bn(model, np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+    report = fold_report(model, verify=x)
+    assert report.decisions[0].folded and report.verified
+    np.testing.assert_allclose(report.model(x), model(x), rtol=1e-5, atol=1e-5)  # model(x) as called
+    bn.trainable = True  # now it would use the batch's statistics: refused
+    assert not plan_folding(model)[0].folded
+
+
+def test_a_masked_bn_is_folded_and_its_mask_still_reaches_the_pooling():
+    inputs = keras.Input((5,), dtype="int32")
+    h = L.Dense(3)(L.Embedding(10, 4, mask_zero=True)(inputs))
+    model = keras.Model(inputs, L.GlobalAveragePooling1D()(L.BatchNormalization()(h)))
+    randomise_bn(model, np.random.default_rng(0))
+    x = np.array([[1, 2, 0, 0, 3], [4, 5, 6, 0, 0]])
+    report = fold_report(model, verify=x)
+    assert report.decisions[0].folded and report.decisions[0].direction == "backward"
+    assert report.verified and count_bn(report.model) == 0
+    # Independent reference: BN of the Dense outputs, averaged over the unmasked tokens only.
+    embedding, dense, bn = model.layers[1], model.layers[2], model.layers[3]
+    h = embedding.embeddings.numpy()[x] @ dense.kernel.numpy() + dense.bias.numpy()
+    z = bn.gamma.numpy() * (h - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    z = z + bn.beta.numpy()
+    mask = (x != 0)[..., None]
+    expected = (z * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(report.model(x), expected, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(z.mean(1) - expected)) > 1e-2  # the mask matters
+
+
+@pytest.mark.parametrize(
+    ("between", "shape", "tile"),
+    [
+        (lambda: [L.Flatten()], (3, 4, 5), 12),
+        (lambda: [L.Flatten(data_format="channels_first")], (5, 3, 4), 12),
+        (lambda: [L.GlobalAveragePooling2D()], (3, 4, 5), 1),
+        (lambda: [L.GlobalAveragePooling1D(), L.Dropout(0.5)], (6, 5), 1),
+        (lambda: [L.Dropout(0.5)], (5,), 1),
+        (lambda: [L.Dropout(0.3), L.Flatten()], (2, 3, 5), 6),
+    ],
+    ids=["flatten", "flatten-channels-first", "gap2d", "gap1d-dropout", "dropout", "dropout-flatten"],
+)
+def test_forward_folding_through_flatten_pooling_and_dropout(between, shape, tile):
+    channels_first = "channels_first" in str(between()[0].get_config())
+    inputs = keras.Input(shape)
+    h = L.Activation("relu")(L.Dense(shape[-1])(inputs) if len(shape) == 1 else inputs)
+    h = L.BatchNormalization(axis=1 if channels_first else -1, name="bn")(h)
+    for layer in between():
+        h = layer(h)
+    model = keras.Model(inputs, L.Dense(7, name="target")(h))
+    randomise_bn(model, np.random.default_rng(0))
+    (decision,) = plan_folding(model)
+    assert (decision.folded, decision.direction, decision.into, decision.exact) == (True, "forward", "target", True)
+    x = np.random.default_rng(1).normal(size=(8, *shape)).astype("float32")
+    report = fold_report(model, verify=x)
+    assert count_bn(report.model) == 0 and report.verified
+    # Independent reference: the original model itself, in inference mode.
+    np.testing.assert_allclose(report.model(x), model(x, training=False), rtol=1e-5, atol=1e-5 * report.max_output)
+    assert report.model.get_layer("target").kernel.shape[0] == tile * (shape[0] if channels_first else shape[-1])
+
+
+def test_no_forward_fold_through_pooling_into_a_convolution_or_through_training_dropout():
+    inputs = keras.Input((6, 6, 4))
+    h = L.BatchNormalization(name="bn")(L.Activation("relu")(inputs))
+    h = L.GlobalAveragePooling2D(keepdims=True)(h)  # keepdims: not followed
+    model = keras.Model(inputs, L.Conv2D(3, 1)(h))
+    assert not plan_folding(model)[0].folded
+    inputs = keras.Input((4,))
+    h = L.Dropout(0.5)(L.BatchNormalization()(L.Activation("relu")(inputs)), training=True)
+    model = keras.Model(inputs, L.Dense(3)(h))
+    assert not plan_folding(model)[0].folded

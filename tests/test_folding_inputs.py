@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bnbook.folding import FoldingWarning, fold_batchnorm, fold_report, folded_weights, plan_folding
 from bnbook.reproducibility import set_up
@@ -130,8 +131,12 @@ def _small():
         ({"dtype": "float16"}, ValueError, "dtype must be None .* or 'float32', got 'float16'"),
         ({"atol": -1.0}, ValueError, "atol must be None or a finite number >= 0"),
         ({"verify": np.full((2, 4), np.nan, "float32")}, ValueError, "verify holds 8 non-finite values"),
+        ({"verify": tf.data.Dataset.from_tensor_slices(np.zeros((2, 4), "float32")).batch(2)}, TypeError,
+         "verify must be an array, a tensor or a list/tuple/dict of them, got _BatchDataset"),
+        ({"verify": (np.zeros(4, "float32") for _ in range(2))}, TypeError, "verify must be an array"),
     ],
-    ids=["warn-str", "warn-int", "allow_inexact-str", "dtype-float16", "atol-negative", "verify-nan"],
+    ids=["warn-str", "warn-int", "allow_inexact-str", "dtype-float16", "atol-negative", "verify-nan",
+         "verify-dataset", "verify-generator"],
 )
 def test_bad_arguments_of_fold_batchnorm(kwargs, error, match):
     with pytest.raises(error, match=match):

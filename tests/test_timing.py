@@ -117,19 +117,24 @@ def test_epoch_timing_excludes_the_warm_up_and_interleaves():
 
 
 @pytest.mark.parametrize(
-    ("devices", "determinism", "expected"),
+    ("devices", "determinism", "mac", "expected"),
     [
-        (["CPU"], False, False),  # CPU only: no XLA
-        (["CPU", "GPU"], False, True),  # a GPU: XLA by default
-        (["CPU", "GPU"], True, False),  # ... unless op determinism is on
-        (["CPU", "TPU"], False, True),
+        (["CPU"], False, False, False),  # CPU only: no XLA
+        (["CPU", "GPU"], False, False, True),  # a GPU: XLA by default
+        (["CPU", "GPU"], True, False, False),  # ... unless op determinism is on
+        (["CPU", "TPU"], False, False, True),
+        (["CPU", "GPU"], False, True, False),  # ... or on an Apple-silicon Mac
+        (["CPU"], False, True, False),
     ],
-    ids=["cpu", "gpu", "gpu-determinism", "tpu"],
+    ids=["cpu", "gpu", "gpu-determinism", "tpu", "gpu-mac", "cpu-mac"],
 )
-def test_xla_by_default_follows_keras_on_every_device(devices, determinism, expected):
+def test_xla_by_default_follows_keras_on_every_device(devices, determinism, mac, expected):
     fake = [tf.config.PhysicalDevice(f"/physical_device:{kind}:0", kind) for kind in devices]
+    system, processor = ("Darwin", "arm") if mac else ("Linux", "x86_64")
     with mock.patch.object(tf.config, "list_physical_devices", return_value=fake), mock.patch.object(
         tf_config, "is_op_determinism_enabled", return_value=determinism
+    ), mock.patch("platform.system", return_value=system), mock.patch(
+        "platform.processor", return_value=processor
     ):
         assert xla_by_default() is expected
         # ... and Keras agrees: what compile()'s default jit_compile="auto" resolves to

@@ -29,6 +29,12 @@ shift the original did not, so the fold is inexact there. Such a BN is left in p
 and reported, unless ``allow_inexact=True``. Transposed convolutions give their output
 positions different numbers of taps, so no forward fold is offered for them.
 
+A forward fold also passes through layers that commute with BN's per-channel map in
+inference mode: ``Dropout`` (the identity there), ``Flatten`` (each channel's ``s`` and
+``t`` repeat once per position, so the Dense kernel's rows are scaled by the tiled
+``s``) and ``GlobalAveragePooling1D/2D/3D`` without ``keepdims`` (an average of
+``s * z + t`` is ``s * mean(z) + t``), into the ``Dense`` layer after them.
+
 :func:`fold_batchnorm` applies this to every BN layer it can (backward first, forward
 when backward is not possible), in the model and in the Sequential/Functional models
 nested in it, and leaves the others in place, saying why (:func:`plan_folding` gives
@@ -114,8 +120,9 @@ class FoldDecision:
         reason: ``"folded"``, or why not (or why the fold is inexact).
         direction: ``"backward"`` (into the layer before it), ``"forward"`` (into the
             layer after it), or None when it is not folded.
-        exact: False only for a forward fold into a ``padding="same"``/``"causal"``
-            convolution that ``allow_inexact=True`` asked for.
+        exact: For a folded BN: False only for a forward fold into a
+            ``padding="same"``/``"causal"`` convolution that ``allow_inexact=True`` asked
+            for, else True. None for a BN left in place.
     """
 
     bn: str
@@ -123,7 +130,7 @@ class FoldDecision:
     folded: bool
     reason: str
     direction: str | None = None
-    exact: bool = True
+    exact: bool | None = None
 
 
 @dataclass
@@ -139,8 +146,15 @@ class FoldReport:
             original's and the copy's outputs on ``x`` in inference mode; else None.
         max_output: The largest absolute output of the original on ``x`` (the scale of
             ``max_difference``); None without ``verify``.
-        tolerance: The largest difference accepted (``atol``, or the default given in
-            :func:`fold_report`); None without ``verify``.
+        rounding: The original's own rounding error on ``x``: the largest absolute
+            difference between the unfolded model at the copy's precision (the original,
+            or with ``dtype="float32"`` its unfolded float32 copy) and a float64 rebuild of
+            it; None without ``verify`` or when no float64 rebuild could be made.
+        checked_difference: The difference the check uses: the largest absolute
+            difference between the folded copy and the unfolded model at the copy's
+            precision (equal to ``max_difference`` when ``dtype`` is None).
+        tolerance: The largest ``checked_difference`` accepted (``atol``, or the default
+            given in :func:`fold_report`); None without ``verify``.
     """
 
     model: keras.Model
@@ -150,6 +164,8 @@ class FoldReport:
     dtype: str | None = None
     max_difference: float | None = None
     max_output: float | None = None
+    rounding: float | None = None
+    checked_difference: float | None = None
     tolerance: float | None = None
 
     @property
@@ -164,10 +180,10 @@ class FoldReport:
 
     @property
     def verified(self) -> bool | None:
-        """Whether ``max_difference <= tolerance`` (None without ``verify``)."""
-        if self.max_difference is None or self.tolerance is None:
+        """Whether ``checked_difference <= tolerance`` (None without ``verify``)."""
+        if self.checked_difference is None or self.tolerance is None:
             return None
-        return self.max_difference <= self.tolerance
+        return self.checked_difference <= self.tolerance
 
     def __str__(self) -> str:
         backward = sum(d.direction == "backward" for d in self.folded)
@@ -180,8 +196,10 @@ class FoldReport:
         lines += [f"left: {d.bn}: {d.reason}" for d in self.left]
         if self.max_difference is not None:
             verdict = "within" if self.verified else "ABOVE"
+            rounding = "unknown" if self.rounding is None else f"{self.rounding:.3g}"
             lines.append(
-                f"verify: largest |difference| {self.max_difference:.3g} (largest |output| {self.max_output:.3g}), "
+                f"verify: largest |difference| {self.max_difference:.3g} (largest |output| {self.max_output:.3g}, "
+                f"the original's own float rounding {rounding}); checked {self.checked_difference:.3g}, "
                 f"{verdict} the tolerance {self.tolerance:.3g}"
             )
         return "\n".join(lines)
@@ -280,9 +298,15 @@ def _bn_map(bn: L.Layer) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _forward_into(layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarray, bn: L.Layer) -> np.ndarray:
-    """Fold ``bn`` (before ``layer``) into ``weights`` in place; return the new bias (float64)."""
+def _forward_into(
+    layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarray, bn: L.Layer, tile: int = 1
+) -> np.ndarray:
+    """Fold ``bn`` (before ``layer``) into ``weights`` in place; return the new bias (float64).
+
+    ``tile`` > 1: a Flatten between them (channels last) repeats BN's channels ``tile`` times.
+    """
     scale, shift = _bn_map(bn)
+    scale, shift = np.tile(scale, tile), np.tile(shift, tile)
     if isinstance(layer, L.Dense):  # kernel (in, out)
         kernel = weights["kernel"]
         weights["kernel"] = kernel * scale[:, None]
@@ -306,7 +330,9 @@ def _forward_into(layer: L.Layer, weights: dict[str, np.ndarray], bias: np.ndarr
     return bias + (kernel * shift[index]).reshape(-1, out).sum(0)
 
 
-def _folded_layer_weights(layer: L.Layer, before: L.Layer | None, after: L.Layer | None) -> dict[str, np.ndarray]:
+def _folded_layer_weights(
+    layer: L.Layer, before: L.Layer | None, after: L.Layer | None, tile: int = 1
+) -> dict[str, np.ndarray]:
     """The weights of ``layer`` with ``before`` folded forward and ``after`` folded backward, by name."""
     weights = {
         name: getattr(layer, name).numpy().astype(np.float64)
@@ -321,7 +347,7 @@ def _folded_layer_weights(layer: L.Layer, before: L.Layer | None, after: L.Layer
         channels = weights[name].shape[-1]
     bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(channels)
     if before is not None:
-        bias = _forward_into(layer, weights, bias, before)
+        bias = _forward_into(layer, weights, bias, before, tile)
     if after is not None:
         kernel = weights[name]
         # Bring the output channels to the last axis, as folded_weights wants them.
@@ -379,6 +405,7 @@ class _Edge:
     bn: L.Layer
     target: Any
     decision: FoldDecision
+    tile: int = 1  # forward through a Flatten: how many times BN's channels repeat in the target's input
 
 
 @dataclass
@@ -477,27 +504,75 @@ def _backward(bn: L.Layer, tensor: Any, info: _GraphInfo, options: dict[str, Any
     return producer, None
 
 
+def _single_consumer(tensor: Any, info: _GraphInfo) -> Any:
+    consumers = info.consumers.get(id(tensor), [])
+    return consumers[0] if info.uses.get(id(tensor), 0) == 1 and len(consumers) == 1 else None
+
+
+def _through(bn: L.Layer, rank: int, node: Any, info: _GraphInfo) -> int | None:
+    """If ``node`` calls a layer that commutes with BN's per-channel map at inference (Dropout,
+    Flatten or GlobalAveragePooling with BN's axis as its channel axis): how many times each of
+    BN's channels appears in its output (Flatten: the positions); else None."""
+    layer = node.operation
+    passes = (L.Dropout, L.Flatten, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
+    if type(layer) not in passes or info.calls.get(id(layer), 0) != 1 or len(node.output_tensors) != 1:
+        return None
+    if node.arguments.kwargs.get("training") is True:
+        return None  # a Dropout forced into training mode is not the identity
+    if isinstance(layer, L.Dropout):
+        return 1
+    if bn.axis % rank != _channel_axis(layer, rank):
+        return None
+    if isinstance(layer, L.Flatten):
+        shape = node.input_tensors[0].shape
+        spatial = [d for i, d in enumerate(shape[1:], 1) if i != bn.axis % rank]
+        return None if any(d is None for d in spatial) else int(np.prod(spatial))
+    return None if layer.keepdims else 1  # the average of s * z + t over positions is s * mean(z) + t
+
+
 def _forward(
     bn: L.Layer, node: Any, info: _GraphInfo, options: dict[str, Any]
-) -> tuple[Any, str | None, bool]:
-    """The layer after ``bn``, why it cannot take the fold (None: it can), and whether the fold is exact."""
+) -> tuple[Any, str | None, bool, int]:
+    """The layer after ``bn``, why it cannot take the fold (None: it can), whether the fold is exact,
+    and how many times BN's channels repeat in that layer's input (after a Flatten)."""
     (output,) = node.output_tensors
-    consumers = info.consumers.get(id(output), [])
-    if info.uses.get(id(output), 0) != 1 or len(consumers) != 1:
-        return None, "its output is used by several layers or is a model output", True
-    consumer_node = consumers[0]
+    consumer_node = _single_consumer(output, info)
+    if consumer_node is None:
+        return None, "its output is used by several layers or is a model output", True, 1
+    rank = len(output.shape)
+    tile, passed = 1, []
+    while (factor := _through(bn, rank, consumer_node, info)) is not None:
+        reduced = any(not isinstance(layer, L.Dropout) for layer in passed)
+        if reduced and not isinstance(consumer_node.operation, L.Dropout):
+            break  # after a Flatten or pooling only Dropout is followed (BN's axis no longer applies)
+        passed.append(consumer_node.operation)
+        tile *= factor
+        following = _single_consumer(consumer_node.output_tensors[0], info)
+        if following is None:
+            return consumer_node.operation, f"the output of {consumer_node.operation.name} is used elsewhere too", True, 1
+        consumer_node = following
     consumer = consumer_node.operation
+    problem, exact = _into_forward(bn, consumer, consumer_node, passed, rank, info, options)
+    return consumer, problem, exact, tile
+
+
+def _into_forward(
+    bn: L.Layer, consumer: Any, consumer_node: Any, passed: list, rank: int, info: _GraphInfo, options: dict[str, Any]
+) -> tuple[str | None, bool]:
+    reduced = any(not isinstance(layer, L.Dropout) for layer in passed)  # channels now on the last axis of a 2D input
+    if reduced and type(consumer) is not L.Dense:
+        name = getattr(consumer, "name", "?")
+        return f"feeds {passed[-1].name!r} then {name!r}: only a Dense layer takes a fold through it", True
     problem = _layer_problem(consumer, info, "feeds")
     if problem is not None:
-        return consumer, problem, True
+        return problem, True
     if len(consumer_node.input_tensors) != 1:
-        return consumer, f"{consumer.name} is called on {len(consumer_node.input_tensors)} tensors", True
-    problem = _dtype_problem([bn, consumer], options)
+        return f"{consumer.name} is called on {len(consumer_node.input_tensors)} tensors", True
+    problem = _dtype_problem([bn, *passed, consumer], options)
     if problem is not None:
-        return consumer, problem, True
-    rank = len(output.shape)
-    if bn.axis % rank != _channel_axis(consumer, rank):
-        return consumer, f"its axis {bn.axis} is not the input channel axis of {consumer.name}", True
+        return problem, True
+    if not reduced and bn.axis % rank != _channel_axis(consumer, rank):
+        return f"its axis {bn.axis} is not the input channel axis of {consumer.name}", True
     padding = getattr(consumer, "padding", "valid")
     if padding != "valid":
         reason = (
@@ -505,9 +580,9 @@ def _forward(
             "(its zero padding would count as BN outputs beta - mean * s instead of 0)"
         )
         if options["allow_inexact"]:
-            return consumer, None, False
-        return consumer, f"{reason}; allow_inexact=True folds it anyway", True
-    return consumer, None, True
+            return None, False
+        return f"{reason}; allow_inexact=True folds it anyway", True
+    return None, True
 
 
 def _decide(bn: L.Layer, bn_nodes: list, info: _GraphInfo, prefix: str, options: dict[str, Any]) -> _Edge:
@@ -528,26 +603,34 @@ def _decide(bn: L.Layer, bn_nodes: list, info: _GraphInfo, prefix: str, options:
     if len(bn_nodes) != 1:
         return no("the BN layer is shared (called more than once)")
     node = bn_nodes[0]
-    if node.arguments.kwargs.get("training") is True:
+    # Keras 3 runs a non-trainable BN in inference mode even with training=True
+    # (keras/src/layers/normalization/batch_normalization.py: `if training and self.trainable`).
+    if node.arguments.kwargs.get("training") is True and bn.trainable:
         return no(
             "it is called with training=True in the graph, so model(x) without training= uses batch "
             "statistics (predict/evaluate pass training=False, which overrides it): folding would change model(x)"
         )
-    if len(node.input_tensors) != 1:
-        return no(f"it is called on {len(node.input_tensors)} tensors")
+    # A mask (e.g. from Embedding(mask_zero=True)) comes as the keyword argument mask=,
+    # which inference-mode BN ignores: only the positional arguments are its data.
+    data = [t for t in keras.tree.flatten(node.arguments.args) if isinstance(t, keras.KerasTensor)]
+    if len(data) != 1:
+        return no(f"it is called on {len(data)} tensors")
     try:
         _bn_map(bn)
     except ValueError as error:
         return no(f"its variables cannot be folded: {error}")
-    producer, backward_problem = _backward(bn, node.input_tensors[0], info, options)
+    producer, backward_problem = _backward(bn, data[0], info, options)
     if backward_problem is None:
         return yes(producer, "backward")
-    consumer, forward_problem, exact = _forward(bn, node, info, options)
+    consumer, forward_problem, exact, tile = _forward(bn, node, info, options)
     if forward_problem is None:
         if exact:
-            return yes(consumer, "forward")
-        padding = consumer.padding
-        return yes(consumer, "forward", False, f"folded forward; inexact at the borders (padding={padding!r})")
+            edge = yes(consumer, "forward")
+        else:
+            padding = consumer.padding
+            edge = yes(consumer, "forward", False, f"folded forward; inexact at the borders (padding={padding!r})")
+        edge.tile = tile
+        return edge
     return no(f"{backward_problem}; forward: {forward_problem}", producer if producer is not None else consumer)
 
 
@@ -590,6 +673,7 @@ class _Folder:
         self.removed = {id(edge.bn) for edge in folded}
         self.bn_after = {id(e.target): e.bn for e in folded if e.decision.direction == "backward"}
         self.bn_before = {id(e.target): e.bn for e in folded if e.decision.direction == "forward"}
+        self.tiles = {id(e.target): e.tile for e in folded if e.decision.direction == "forward"}
         self.dtype = dtype
         self.copies: dict[int, Any] = {}  # original operation -> its copy (shared layers stay shared)
         self.weights: dict[int, Any] = {}  # copy -> weights to give it once it is built
@@ -621,7 +705,7 @@ class _Folder:
         if id(layer) in self.bn_after or id(layer) in self.bn_before:
             clone = layer.__class__.from_config({**self._config(layer), "use_bias": True, "bias_initializer": "zeros"})
             self.weights[id(clone)] = _folded_layer_weights(
-                layer, self.bn_before.get(id(layer)), self.bn_after.get(id(layer))
+                layer, self.bn_before.get(id(layer)), self.bn_after.get(id(layer)), self.tiles.get(id(layer), 1)
             )
             return clone
         try:
@@ -717,21 +801,28 @@ def fold_report(
 
     Args:
         model, dtype, allow_inexact, warn: As in :func:`fold_batchnorm`.
-        verify: Inputs (a batch, or the structure the model takes) on which both models
-            are run in inference mode (``training=False``); the report gives the largest
-            absolute difference of their outputs. None: no check.
-        atol: The largest difference accepted by ``report.verified``. None: ``1e-4``
-            times the largest absolute output of the original (float32 rounding through
-            a network), or ``1e-2`` times it when the original computes anything in
-            float16/bfloat16 (their rounding) or when TensorFlow runs float32 matrix
-            products in TF32 on a GPU (its default on Ampere and later).
+        verify: Inputs (arrays or tensors: a batch, or the structure the model takes,
+            not a ``tf.data.Dataset`` or generator) on which the models are run in
+            inference mode (``training=False``), with TF32 switched off on GPUs; the
+            report gives the largest absolute difference of their outputs. None: no check.
+        atol: The largest ``checked_difference`` accepted by ``report.verified``. None:
+            self-calibrated from the network's own rounding: ``4 * rounding + 1e-6 *
+            max_output``, where ``rounding`` is how far the unfolded model at the copy's
+            precision is from a float64 rebuild of it on ``verify`` (a correct fold
+            rounds differently but no worse, so the copy and the unfolded model differ
+            by up to about twice that; 1e-6 of the largest output is a few float32
+            units in the last place, for networks that round almost nothing). If no
+            float64 rebuild can be made (a layer that cannot compute in float64), the
+            fallback is ``1e-4`` times the largest absolute output, or ``1e-2`` times it
+            when the original computes anything in float16/bfloat16.
 
     Returns:
         A :class:`FoldReport`; ``str(report)`` is a readable summary.
 
     Raises:
         As :func:`fold_batchnorm`; ``ValueError`` also when ``verify`` holds non-finite
-        values, or ``atol`` is not a finite number >= 0.
+        values, or ``atol`` is not a finite number >= 0; ``TypeError`` when ``verify`` is
+        a dataset, generator or anything but (a structure of) arrays or tensors.
     """
     if not isinstance(warn, bool):
         raise TypeError(f"warn must be a bool, got {warn!r} of type {type(warn).__name__}")
@@ -743,6 +834,11 @@ def fold_report(
     _check_model(model)
     if verify is not None:
         for value in keras.tree.flatten(verify):
+            if not (isinstance(value, (np.ndarray, int, float)) or keras.ops.is_tensor(value)):
+                raise TypeError(
+                    f"verify must be an array, a tensor or a list/tuple/dict of them, got {type(value).__name__}; "
+                    "for a tf.data.Dataset pass one batch: next(iter(dataset)) (its inputs only)"
+                )
             array = np.asarray(value)
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                 bad = int(np.sum(~np.isfinite(array)))
@@ -757,13 +853,74 @@ def fold_report(
                 warnings.warn(f"BN layer {d.bn!r} was not folded: {d.reason}", FoldingWarning, stacklevel=3)
             elif not d.exact:
                 warnings.warn(f"BN layer {d.bn!r} was folded inexactly: {d.reason}", FoldingWarning, stacklevel=3)
+    folded = _rebuild(model, edges, dtype, f"{model.name}_folded", operations, counts)
+    report = FoldReport(
+        folded,
+        [edge.decision for edge in edges],
+        layers_removed=_count_layers(model) - _count_layers(folded),
+        parameters_removed=model.count_params() - folded.count_params(),
+        dtype=dtype,
+    )
+    if verify is not None:
+        _verify(report, model, edges, verify, atol, operations, counts)
+    return report
+
+
+def _largest(arrays: list[np.ndarray], others: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(arrays, others, strict=True))
+
+
+def _verify(
+    report: FoldReport, model: keras.Model, edges: list[_Edge], verify: Any, atol: float | None,
+    operations: list[Any], counts: dict[int, tuple[int, int]],
+) -> None:
+    """Fill in the check's numbers of ``report`` (see :func:`fold_report`)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    unfolded = [_Edge(e.bn, None, FoldDecision(e.decision.bn, None, False, "")) for e in edges]
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        original, copied = _outputs(model, verify), _outputs(report.model, verify)
+        same_precision = original
+        if report.dtype is not None:
+            plain = _rebuild(model, unfolded, report.dtype, f"{model.name}_{report.dtype}", operations, counts)
+            same_precision = _outputs(plain, verify)
+        try:
+            exact = _rebuild(model, unfolded, "float64", f"{model.name}_float64", operations, counts)
+            as64 = keras.tree.map_structure(
+                lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v, verify
+            )
+            reference = _outputs(exact, as64)
+        except Exception:  # noqa: BLE001 - a layer that cannot compute in float64: the fallback tolerance
+            reference = None
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    report.max_output = max(float(np.max(np.abs(a), initial=0.0)) for a in original)
+    report.max_difference = _largest(original, copied)
+    report.checked_difference = _largest(same_precision, copied)
+    if reference is not None:
+        report.rounding = _largest(same_precision, reference)
+    if atol is None:
+        if report.rounding is not None:
+            atol = 4 * report.rounding + 1e-6 * report.max_output
+        else:
+            atol = (1e-2 if _low_precision(model) else 1e-4) * report.max_output
+    report.tolerance = float(atol)
+
+
+def _rebuild(
+    model: keras.Model, edges: list[_Edge], dtype: str | None, name: str,
+    operations: list[Any], counts: dict[int, tuple[int, int]],
+) -> keras.Model:
+    """A copy of ``model`` with the folded BN of ``edges`` folded, its layers in ``dtype`` (None: their own)."""
     folder = _Folder(edges, dtype)
     # Building the copy's layers draws seeds for their (then overwritten) initializers from
     # Python's global generator (keras/src/random/seed_generator.py, make_default_seed): put it
     # back, so that folding does not change what the user's next seeded model gets.
     python_random = random.getstate()
     try:
-        folded = folder.fold(model, f"{model.name}_folded")
+        return folder.fold(model, name)
     finally:
         random.setstate(python_random)
         # Reused objects (no config; stateless operations that could not be rebuilt) were called
@@ -774,30 +931,6 @@ def fold_report(
             if inbound is not None:
                 del op._inbound_nodes[inbound:]
                 del op._outbound_nodes[outbound:]
-    report = FoldReport(
-        folded,
-        [edge.decision for edge in edges],
-        layers_removed=_count_layers(model) - _count_layers(folded),
-        parameters_removed=model.count_params() - folded.count_params(),
-        dtype=dtype,
-    )
-    if verify is not None:
-        original, copied = _outputs(model, verify), _outputs(folded, verify)
-        report.max_output = max(float(np.max(np.abs(a))) for a in original)
-        report.max_difference = max(float(np.max(np.abs(a - b))) for a, b in zip(original, copied, strict=True))
-        if atol is None:
-            relative = 1e-2 if _low_precision(model) or _tf32_on_gpu() else 1e-4
-            atol = relative * report.max_output
-        report.tolerance = float(atol)
-    return report
-
-
-def _tf32_on_gpu() -> bool:
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - the book runs on TensorFlow
-        return False
-    return bool(tf.config.list_physical_devices("GPU")) and tf.config.experimental.tensor_float_32_execution_enabled()
 
 
 def _count_layers(model: keras.Model) -> int:
@@ -824,7 +957,8 @@ def fold_batchnorm(
       axis is BN's axis;
     - otherwise **forward**, when its output feeds only a plain ``Dense``,
       ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` or ``SeparableConv1D/2D`` layer whose
-      input channel axis is BN's axis, with ``padding="valid"`` (exact). With
+      input channel axis is BN's axis, with ``padding="valid"`` (exact), or a ``Dense``
+      layer after a ``Flatten`` or ``GlobalAveragePooling`` (and ``Dropout``). With
       ``padding="same"``/``"causal"`` the fold is inexact at the borders: the BN is
       left in place and reported, unless ``allow_inexact=True``.
 
@@ -846,7 +980,8 @@ def fold_batchnorm(
             with float32 layers (e.g. from a ``mixed_float16`` model), and folded there.
         allow_inexact: Fold forward into ``padding="same"``/``"causal"`` convolutions too.
         verify: Inputs on which to compare both models (see :func:`fold_report`);
-            a ``ValueError`` if the largest difference exceeds the tolerance.
+            a ``ValueError`` if the difference exceeds the tolerance, which by default
+            is calibrated from the original's own float rounding on these inputs.
         atol: The tolerance for ``verify`` (see :func:`fold_report`).
 
     Returns:
@@ -864,7 +999,8 @@ def fold_batchnorm(
     report = fold_report(model, dtype=dtype, allow_inexact=allow_inexact, verify=verify, atol=atol, warn=warn)
     if report.verified is False:
         raise ValueError(
-            f"the folded model differs from the original by up to {report.max_difference:.3g} on verify "
-            f"(largest |output| {report.max_output:.3g}), above the tolerance {report.tolerance:.3g}"
+            f"the folded model differs from the unfolded one by up to {report.checked_difference:.3g} on verify "
+            f"(largest |output| {report.max_output:.3g}, the original's own rounding {report.rounding}), "
+            f"above the tolerance {report.tolerance:.3g}"
         )
     return report.model

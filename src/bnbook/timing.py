@@ -13,6 +13,7 @@ compiles with XLA on this machine, which decides what a timing measures.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,14 +43,21 @@ def xla_by_default() -> bool:
     CPU (a GPU or TPU), and then only if the model supports it, which it does not while
     TensorFlow's op determinism is on (``_resolve_auto_jit_compile`` and
     ``model_supports_jit`` in ``keras/src/trainers/trainer.py``; no distribution
-    strategy, every layer supporting XLA, and not a GPU Mac, all true in this book).
-    So: a non-CPU device is visible and op determinism is off.
+    strategy and every layer supporting XLA, both true in this book), and never on an
+    Apple-silicon Mac that lists a GPU (``platform.system() == "Darwin"`` with "arm" in
+    ``platform.processor()``, the test ``model_supports_jit`` makes).
+    So: a non-CPU device is visible, op determinism is off, and it is not a GPU Mac.
     """
     import tensorflow as tf  # noqa: PLC0415
     from tensorflow.python.framework.config import is_op_determinism_enabled  # noqa: PLC0415
 
     accelerators = [d for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
-    return bool(accelerators) and not is_op_determinism_enabled()
+    gpu_mac = (
+        platform.system() == "Darwin"
+        and "arm" in platform.processor().lower()
+        and any(d.device_type == "GPU" for d in accelerators)
+    )
+    return bool(accelerators) and not gpu_mac and not is_op_determinism_enabled()
 
 
 def interleaved_epoch_seconds(
