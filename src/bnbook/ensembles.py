@@ -18,8 +18,12 @@ the branches but the step counter:
   its batch statistics and moving averages are exactly those of the model trained alone.
 - **Gradients**: the branches' losses are summed, and a branch's slice of the stacked
   variables appears in its own loss only, so each slice receives exactly the gradient it
-  would receive alone, and an element-wise optimizer (SGD, Adam, ...) updates it as it
-  would alone. ``clipnorm`` and ``global_clipnorm`` (a norm over all branches) are refused.
+  would receive alone, and an element-wise optimizer updates it as it would alone. Only
+  those are accepted (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam, Adamax, Lion); so are not
+  ``clipnorm`` and ``global_clipnorm`` (a norm over all branches), and neither is what the
+  stacked step would skip -- ``loss_scale_factor`` and mixed precision, ``use_ema``,
+  variable constraints, ``loss_weights``, a custom ``train_step``/``compute_loss``: each is
+  a clear ``ValueError`` before any training.
 - **Learning rates**: branches at different rates share one optimizer, so a branch's rate
   is applied by scaling its gradient by ``rate / rate_max`` at learning rate
   ``rate_max``. For SGD, with or without (Nesterov) momentum, the update is linear in the
@@ -48,6 +52,11 @@ __all__ = ["at_rates", "choose_rates", "epoch_order", "sweep_rates", "train_para
 
 _EPSILON = 1e-7  # Keras's clip of probabilities in cross-entropy (keras/src/backend/config.py: _EPSILON)
 _LINEAR_IN_GRADIENT = ("SGD",)
+# Optimizers whose update of a variable is element-wise in its gradient and slots (keras/src/optimizers/*.py
+# update_step), so a branch's slice of a stacked variable is updated as the model alone would update it.
+# Lamb (trust ratio over the whole variable), Adafactor (factored second moments), Muon and LossScaleOptimizer
+# (one loss scale for all) are not.
+_ELEMENT_WISE = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Nadam", "Adamax", "Lion")
 _NONLINEAR_OPTIONS = ("clipvalue", "weight_decay")
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -140,6 +149,64 @@ def _cross_entropy_and_accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[float
         return float("inf"), float(np.mean(correct))  # diverged: never the best rate, refused by compare_paired
     picked = np.clip(probs[np.arange(len(y)), y], _EPSILON, 1.0)
     return float(-np.mean(np.log(picked))), float(np.mean(correct))
+
+
+def _check_labels(labels: np.ndarray, what: str) -> None:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{what} labels must be a 1-D array of integer class indices (sparse labels), got dtype "
+            f"{labels.dtype} and shape {labels.shape}; for one-hot labels pass labels.argmax(axis=1)"
+        )
+    if labels.min() < 0:
+        raise ValueError(f"{what} labels must be class indices >= 0, got {labels.min()}")
+
+
+def _same_loss(a: object, b: object) -> bool:
+    if isinstance(a, keras.losses.Loss) and isinstance(b, keras.losses.Loss):
+        return type(a) is type(b) and a.get_config() == b.get_config()
+    return a is b or (isinstance(a, str) and a == b)
+
+
+def _check_trains_alone_as_in_parallel(model: keras.Model, name: str) -> None:
+    """Refuse what the stacked step would silently skip or change (see train_parallel's Raises)."""
+    for method in ("train_step", "compute_loss"):
+        if getattr(type(model), method) is not getattr(keras.Model, method):
+            raise ValueError(
+                f"variant {name!r}: the model overrides {method}, which train_parallel does not call "
+                f"(it calls the model and its compiled loss); train it alone with fit"
+            )
+    policies = {model.dtype_policy.name} | {layer.dtype_policy.name for layer in model._flatten_layers()}
+    policy = ", ".join(sorted(policies - {"float32"}))
+    if policy:
+        raise ValueError(
+            f"variant {name!r}: dtype policy {policy!r} is not supported (mixed precision scales the loss); use float32"
+        )
+    constrained = [v.path for v in model.trainable_variables if v.constraint is not None]
+    if constrained:
+        raise ValueError(
+            f"variant {name!r}: variables with constraints ({', '.join(constrained)}) are not supported "
+            f"(the stacked variables would be trained unconstrained); remove kernel_constraint/bias_constraint"
+        )
+    compile_loss = getattr(model, "_compile_loss", None)
+    weights = getattr(compile_loss, "_user_loss_weights", None) if compile_loss is not None else None
+    if weights is not None:
+        raise ValueError(f"variant {name!r}: compile(loss_weights={weights!r}) is not supported; compile without it")
+
+
+def _check_outputs_are_probabilities(models: list[keras.Model], x: np.ndarray) -> int:
+    """Run the untrained models on a few images: outputs must be softmax rows, of one width; return it."""
+    widths = set()
+    for model in models:
+        probs = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype=np.float64)
+        if probs.ndim != 2 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
+            raise ValueError(
+                "every variant must output class probabilities (a softmax over the last axis, "
+                f"e.g. Dense(10, activation='softmax')), got outputs of shape {probs.shape} whose rows do not sum to 1"
+            )
+        widths.add(probs.shape[1])
+    if len(widths) != 1:
+        raise ValueError(f"all variants must output the same number of classes, got {sorted(widths)}")
+    return widths.pop()
 
 
 class _StackedTrainer:
@@ -273,13 +340,22 @@ def train_parallel(
         ValueError: Empty ``variants``/``seeds``, a seed twice, a model not compiled, not
             single-input/single-output or with a learning-rate schedule, optimizers that
             differ between variants or that cannot apply different rates exactly, bad
-            rates, or outputs that are not probabilities.
+            rates, labels that are not integer class indices (1-D), or outputs that are
+            not probabilities (checked on the untrained models, before any training).
+            Also refused, because a branch would not train as the model alone does: an
+            optimizer outside the element-wise ones (SGD, Adam, AdamW, RMSprop, Adagrad,
+            Nadam, Adamax, Lion), ``loss_scale_factor``, ``use_ema``, ``clipnorm``/
+            ``global_clipnorm``, a dtype policy other than float32 (mixed precision's loss
+            scaling), variable constraints, ``loss_weights``, a custom ``train_step`` or
+            ``compute_loss``, and models of one variant compiled with different losses.
     """
     if not isinstance(variants, Mapping) or not variants:
         raise ValueError("variants must be a non-empty mapping {'name': build_fn, ...}")
     for name, build in variants.items():
         if not callable(build):
             raise TypeError(f"variant {name!r} must map to a function returning a compiled model, got {build!r}")
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, range, np.ndarray)):
+        raise TypeError(f"seeds must be a sequence of ints such as range(10) or [0, 1, 2], got {seeds!r}")
     seeds = [check_int(s, "seed", minimum=0) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty: pass at least one seed, e.g. range(10)")
@@ -289,6 +365,8 @@ def train_parallel(
     x_val, y_val = _check_arrays(validation, "validation")
     if test is not None:
         x_test, y_test = _check_arrays(test, "test")
+    for what, labels in (("train", y_fit), ("validation", y_val), *((("test", y_test),) if test is not None else ())):
+        _check_labels(labels, what)
     epochs = check_int(epochs, "epochs", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if models is not None and not isinstance(models, dict):
@@ -311,6 +389,12 @@ def train_parallel(
                     raise ValueError(f"variant {name!r} returned a model that is not compiled: call model.compile(...)")
                 if len(model.inputs) != 1 or len(model.outputs) != 1:
                     raise ValueError(f"variant {name!r}: the model must have one input and one output")
+                _check_trains_alone_as_in_parallel(model, name)
+                if branches and branches[-1][0] == name and not _same_loss(model.loss, branches[-1][3].loss):
+                    raise ValueError(
+                        f"variant {name!r}: its function returned models compiled with different losses "
+                        f"({model.loss!r} and {branches[-1][3].loss!r}); the models of one variant must use one loss"
+                    )
                 signature = (type(model.optimizer).__name__, _optimizer_config(model))
                 if reference is None:
                     reference = (name, *signature)
@@ -328,6 +412,21 @@ def train_parallel(
             f"{' and '.join(coupling)} would couple the branches (one norm over the stacked variables of all "
             f"branches): use clipvalue, or train without it"
         )
+    if optimizer_class not in _ELEMENT_WISE:
+        raise ValueError(
+            f"optimizer {optimizer_class} is not element-wise: its update of a stacked variable would couple the "
+            f"branches. Accepted: {', '.join(_ELEMENT_WISE)}"
+        )
+    for key, default in (("loss_scale_factor", None), ("use_ema", False)):
+        if config.get(key, default) not in (default,):
+            raise ValueError(
+                f"the optimizer's {key}={config[key]!r} is not supported by train_parallel (a branch would not train "
+                f"as the model alone); compile without it"
+            )
+    n_classes = _check_outputs_are_probabilities([model for *_, model in branches], x_val[:8])
+    for what, labels in (("train", y_fit), ("validation", y_val), *((("test", y_test),) if test is not None else ())):
+        if labels.max() >= n_classes:
+            raise ValueError(f"{what} labels must be class indices below {n_classes} (the models' outputs), got {labels.max()}")
     rates = [rate for _, rate, _, _ in branches]
     top = max(rates)
     if len(set(rates)) > 1:

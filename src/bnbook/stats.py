@@ -291,6 +291,12 @@ def seeds_for_equivalence(
     margin can still be shown equivalent. ``std`` is the standard deviation of the per-seed
     differences, estimated beforehand (a pilot run) and stated with the result.
 
+    Planning from a pilot's *point estimate* of the SD gives only about a 50 % chance that
+    the sample SD of the real run -- and so its half-width -- comes out at or below the
+    target; pass an upper confidence bound of the SD instead (e.g. the 80 % bound
+    ``s * sqrt((k - 1) / chi2.ppf(0.2, k - 1))`` from ``k`` pilot differences) to meet the
+    target with about that probability.
+
     Returns:
         The smallest ``n >= max(2, MIN_SEEDS_FOR_VERDICT)`` with
         ``interval_half_width(std, n) <= fraction * margin``.
