@@ -343,3 +343,33 @@ def test_masked_bn_is_not_checked_instead_of_stale() -> None:
     # the same layer without a mask is still checked
     plain = keras.Sequential([keras.Input((20, 4)), L.Dense(16), L.BatchNormalization(name="bn"), L.LSTM(8), L.Dense(1)])
     assert not [f for f in diagnose(plain, x[:64]).not_checked if f.kind == "stale_statistics"]
+
+
+@pytest.mark.parametrize("merge", [L.Add, L.Concatenate])
+def test_dropout_found_through_add_and_concatenate(merge, data) -> None:
+    # Dropout -> Dense -> Add/Concatenate -> BN: the dropout still feeds the BN layer.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((FEATURES,))
+    branch = L.Dense(16, use_bias=False)(L.Dropout(0.5)(inputs))
+    merged = merge()([branch, L.Dense(16, use_bias=False)(inputs)])
+    outputs = L.Dense(CLASSES, activation="softmax")(L.ReLU()(L.BatchNormalization(name="bn")(merged)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    _train(model, *data, epochs=2)
+    report = diagnose(model, data[0][:256], data[1][:256], batch_size=32)
+    found = [f for f in report.findings if f.kind == "dropout_variance_shift"]
+    assert [f.layer for f in found] == ["bn"], report
+    assert "not_checked" not in found[0].evidence
+
+
+def test_input_scale_instead_of_stale_statistics(healthy, data) -> None:
+    # The sample scaled x1000 unlike the training data: the first BN layer is off by far more than
+    # x100 in every channel; that is named input_scale, not stale statistics.
+    x, y = data
+    report = diagnose(healthy, x[:256] * 1000.0, y[:256], batch_size=32)
+    assert report.layers("input_scale", "error", "warning") == [_bn(healthy).name], report
+    assert "stale_statistics" not in report.kinds()
+    scaled = next(f for f in report.findings if f.kind == "input_scale")
+    assert scaled.evidence["fraction_off_by_more_than_x100"] >= 0.9
+    # the same model on its own data: nothing of the kind
+    assert "input_scale" not in diagnose(healthy, x[:256], y[:256], batch_size=32).kinds("error", "warning", "info")

@@ -258,7 +258,8 @@ def test_bad_input(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) 
     integers = np.clip(x * 40 + 128, 0, 255).astype("uint8")
     report = diagnose(trained, integers)
     assert "input_cast" in report.kinds("info")
-    assert "stale_statistics" in report.kinds()  # 0-255 inputs are not what it trained on: said
+    assert "input_scale" in report.kinds()  # 0-255 inputs are not what it trained on: said as such
+    assert report.layers("input_scale") == ["cnn_bn1"]
 
 
 def test_report_interfaces(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:

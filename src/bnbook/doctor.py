@@ -14,10 +14,15 @@ kind                        what it measures
                             channels)
 ``never_updated``           moving statistics still at their initial values (0, 1)
                             while the layer's input on ``x`` is far from them
+``input_scale``             the first BN layer's moving variance off by more than x100
+                            in nearly every channel (or ``x`` is integer and that layer
+                            is off): ``x`` is probably not scaled as in training
 ``stale_statistics``        moving statistics far from the statistics of the layer's
                             input on ``x``: by the median over channels *or* by the
                             fraction of channels outside a band (the worst channels
-                            are named); with ``y``, the gain from re-estimating them
+                            are named); with ``y``, the gain from re-estimating them.
+                            Not checked (info) for a BN layer that receives a mask
+                            (Keras excludes masked positions from its moments)
 ``train_inference_gap``     training-mode vs inference-mode accuracy/loss on
                             ``(x, y)``, relative to its paired standard error, with
                             the most likely cause
@@ -105,6 +110,10 @@ name                     default where it comes from
                                  (default 0.99); PyTorch's is the new one's (0.1)
 ``epsilon_fraction``     0.5     ``epsilon`` >= moving variance in more than half the
                                  channels (not calibrated: a static plausibility test)
+``input_scale_variance`` 100.0   the first BN layer's channel ratio outside [1/100,
+                                 100]: pixels 0-255 against 0-1 give 255**2; stale
+                                 statistics rarely reach it in most channels...
+``input_scale_fraction`` 0.9     ...in at least 90 % of its channels (not calibrated)
 ======================== ======= ===================================================
 
 Validation out of sample (``tests/test_doctor_zoo.py``): the thresholds above were
@@ -187,6 +196,7 @@ __all__ = [
 KINDS: tuple[str, ...] = (
     "non_finite",
     "never_updated",
+    "input_scale",
     "stale_statistics",
     "train_inference_gap",
     "dropout_variance_shift",
@@ -224,6 +234,8 @@ class Thresholds:
     small_batch: int = 16
     pytorch_momentum: float = 0.5
     epsilon_fraction: float = 0.5
+    input_scale_variance: float = 100.0
+    input_scale_fraction: float = 0.9
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any]) -> Thresholds:
@@ -287,6 +299,8 @@ _PASS_TYPES = _LINEAR_TYPES + (
     keras.layers.GlobalAveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.ZeroPadding2D,
+    keras.layers.Add,  # a residual sum: the dropout's branch still changes the sum's variance
+    keras.layers.Concatenate,  # the dropout's channels are among the BN layer's
 )
 _FIX: dict[str, str] = {
     "non_finite": (
@@ -302,6 +316,10 @@ _FIX: dict[str, str] = {
     "stale_statistics": (
         "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics, Li et al.'s "
         "re-estimation for the inference network), train longer, or lower the momentum; chapter 4"
+    ),
+    "input_scale": (
+        "x is probably not scaled as the model received it in training (e.g. pixels 0-255 against 0-1, or "
+        "missing standardisation): pass x through the training pipeline's preprocessing; chapter 3"
     ),
     "train_inference_gap": "remove the cause named in the evidence (see its own finding); chapters 4, 7 and 8",
     "dropout_variance_shift": (
@@ -350,6 +368,7 @@ _FIX: dict[str, str] = {
 _CAUSE_ORDER = (
     "non_finite",
     "never_updated",
+    "input_scale",
     "stale_statistics",
     "dropout_variance_shift",
     "pytorch_momentum",
@@ -1095,6 +1114,7 @@ def _check_statistics(
     gain_harmful: bool,
     t: Thresholds,
     explained: bool = False,
+    integer_x: bool = False,
 ) -> tuple[list[Finding], dict[str, dict[str, float]]]:
     """``never_updated`` and ``stale_statistics`` per BN layer, with per-channel evidence.
 
@@ -1184,8 +1204,16 @@ def _check_statistics(
             severity = "error" if gain_significant else "warning"
             if gain_harmful:
                 severity = "info"  # the weights are adapted to these statistics: re-estimating hurts
-            findings.append(Finding("stale_statistics", severity, path, {**evidence, **gain}, _FIX["stale_statistics"]))
-    explained = explained or any(f.kind in ("stale_statistics", "never_updated") for f in findings)
+            kind = "stale_statistics"
+            if path == bns[0][0]:
+                # The first BN layer off by x100 in nearly every channel (or at all, with integer x):
+                # the sample is scaled unlike the training data, not the statistics stale.
+                scaled = float(np.mean(log_ratio > math.log(t.input_scale_variance)))
+                if scaled >= t.input_scale_fraction or integer_x:
+                    kind = "input_scale"
+                    evidence = {**evidence, "fraction_off_by_more_than_x100": scaled, "integer_x": integer_x}
+            findings.append(Finding(kind, severity, path, {**evidence, **gain}, _FIX[kind]))
+    explained = explained or any(f.kind in ("stale_statistics", "never_updated", "input_scale") for f in findings)
     if gain_significant and not explained and scores:
         # Below every band, yet re-estimating all layers gains significantly: the measured gain is the
         # evidence (a model whose decision is sensitive to small offsets); name the most deviant layer.
@@ -1466,7 +1494,9 @@ def diagnose(
             findings.append(Finding("shared_layer", "info", path, evidence, _FIX["shared_layer"]))
     findings += _check_inputs(bns, inference)
     explained = any(f.kind == "non_finite" for f in findings)  # re-estimation's gain is then the NaN's
-    stat_findings, rows = _check_statistics(bns, population, training, dropout_fed, gain, significant, harmful, t, explained)
+    stat_findings, rows = _check_statistics(
+        bns, population, training, dropout_fed, gain, significant, harmful, t, explained, integer_x=cast_note is not None
+    )
     findings += stat_findings
     findings += _check_dropout(rows, dropout_fed, t)
     if y is None:
