@@ -286,3 +286,90 @@ def test_command_line(tmp_path, healthy: keras.Model, data: tuple[np.ndarray, np
     plain.save(tmp_path / "plain.keras")
     assert main([str(tmp_path / "plain.keras"), "--data", str(tmp_path / "data.npz")]) == 0
     assert "no BN layer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kwargs", "error"),
+    [((64, FEATURES + 1), {}, "x"), ((64, FEATURES), {"output": "nope"}, "output"), ((64, FEATURES), {"batch_size": 0}, "batch_size")],
+)
+def test_callback_checks_its_arguments_before_training(x_shape, kwargs, error, data) -> None:
+    # A wrong x, output or batch_size raises in on_train_begin, before any training step.
+    keras.utils.set_random_seed(0)
+    model = _mlp()
+    before = [w.copy() for w in model.get_weights()]
+    callback = doctor.DoctorCallback(np.zeros(x_shape, "float32"), data[1][:64], verbose=False, **kwargs)
+    with pytest.raises(ValueError, match=error):
+        model.fit(*data, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert callback.start_report is None and callback.report is None
+
+
+def test_missing_batch_size_or_compile_is_not_applicable_not_incomplete(healthy, data) -> None:
+    # Only data checks that could not run make a report incomplete.
+    x, y = data
+    report = diagnose(healthy, x[:256], y[:256])  # no batch_size
+    assert "report incomplete" not in str(report) and report.to_dict()["complete"]
+    assert [f.kind for f in report.not_applicable] == ["small_batch"]
+    assert "not applicable: small_batch" in str(report)
+    uncompiled = keras.Sequential([keras.Input((FEATURES,)), L.Dense(8), L.BatchNormalization(), L.Dense(CLASSES)])
+    report = diagnose(uncompiled, x[:256], y[:256], batch_size=32)
+    assert "frozen_but_training" in {f.kind for f in report.not_applicable}
+    assert "frozen_but_training" not in {f.kind for f in report.not_checked}
+    # a data check that could not run still makes it incomplete
+    report = diagnose(healthy, x[:256], batch_size=32)
+    assert "report incomplete" in str(report) and not report.to_dict()["complete"]
+
+
+def test_masked_bn_is_not_checked_instead_of_stale() -> None:
+    # Keras's BN computes its moments without the masked (padded) positions; the streamed
+    # statistics include them, so a healthy masked layer used to be reported stale.
+    keras.utils.set_random_seed(0)
+    gen = np.random.default_rng(0)
+    x = gen.normal(1.0, 2.0, size=(512, 20, 4)).astype("float32")
+    lengths = gen.integers(3, 12, size=512)  # about 65 % padding
+    for row, length in zip(x, lengths):
+        row[length:] = 0.0
+    y = (x[:, :, 0].sum(1) > lengths).astype("int64")
+    model = keras.Sequential(
+        [keras.Input((20, 4)), L.Masking(0.0), L.Dense(16), L.BatchNormalization(momentum=0.9, name="bn"),
+         L.LSTM(8), L.Dense(1, activation="sigmoid")]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=5, verbose=0)
+    report = diagnose(model, x[:256], y[:256], batch_size=32)
+    assert "stale_statistics" not in report.kinds()
+    masked = [f for f in report.not_checked if f.kind == "stale_statistics"]
+    assert [f.layer for f in masked] == ["bn"] and "mask" in masked[0].evidence["not_checked"]
+    # the same layer without a mask is still checked
+    plain = keras.Sequential([keras.Input((20, 4)), L.Dense(16), L.BatchNormalization(name="bn"), L.LSTM(8), L.Dense(1)])
+    assert not [f for f in diagnose(plain, x[:64]).not_checked if f.kind == "stale_statistics"]
+
+
+@pytest.mark.parametrize("merge", [L.Add, L.Concatenate])
+def test_dropout_found_through_add_and_concatenate(merge, data) -> None:
+    # Dropout -> Dense -> Add/Concatenate -> BN: the dropout still feeds the BN layer.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((FEATURES,))
+    branch = L.Dense(16, use_bias=False)(L.Dropout(0.5)(inputs))
+    merged = merge()([branch, L.Dense(16, use_bias=False)(inputs)])
+    outputs = L.Dense(CLASSES, activation="softmax")(L.ReLU()(L.BatchNormalization(name="bn")(merged)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    _train(model, *data, epochs=2)
+    report = diagnose(model, data[0][:256], data[1][:256], batch_size=32)
+    found = [f for f in report.findings if f.kind == "dropout_variance_shift"]
+    assert [f.layer for f in found] == ["bn"], report
+    assert "not_checked" not in found[0].evidence
+
+
+def test_input_scale_instead_of_stale_statistics(healthy, data) -> None:
+    # The sample scaled x1000 unlike the training data: the first BN layer is off by far more than
+    # x100 in every channel; that is named input_scale, not stale statistics.
+    x, y = data
+    report = diagnose(healthy, x[:256] * 1000.0, y[:256], batch_size=32)
+    assert report.layers("input_scale", "error", "warning") == [_bn(healthy).name], report
+    assert "stale_statistics" not in report.kinds()
+    scaled = next(f for f in report.findings if f.kind == "input_scale")
+    assert scaled.evidence["fraction_off_by_more_than_x100"] >= 0.9
+    # the same model on its own data: nothing of the kind
+    assert "input_scale" not in diagnose(healthy, x[:256], y[:256], batch_size=32).kinds("error", "warning", "info")

@@ -157,7 +157,13 @@ def test_static_checks(images: tuple[np.ndarray, np.ndarray]) -> None:
     model = _cnn(name="eps")
     bn = model.get_layer("eps_bn1")
     bn.moving_variance.assign(np.full(32, 1e-4, "float32"))
-    assert static_checks(model).layers("large_epsilon") == ["eps_bn1"]
+    # Alone, a variance below epsilon is info (healthy models have such channels) ...
+    assert static_checks(model).layers("large_epsilon", "info") == ["eps_bn1"]
+    assert "large_epsilon" not in static_checks(model).kinds()
+    # ... a warning with a PyTorch-like momentum, another sign of a converted model.
+    converted = _cnn(name="conv", momentum=0.1)
+    converted.get_layer("conv_bn1").moving_variance.assign(np.full(32, 1e-4, "float32"))
+    assert static_checks(converted).layers("large_epsilon") == ["conv_bn1"]
     ema = _cnn(name="ema")
     ema.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="sparse_categorical_crossentropy")
     assert "weight_ema" in static_checks(ema).kinds("warning")
@@ -252,7 +258,8 @@ def test_bad_input(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) 
     integers = np.clip(x * 40 + 128, 0, 255).astype("uint8")
     report = diagnose(trained, integers)
     assert "input_cast" in report.kinds("info")
-    assert "stale_statistics" in report.kinds()  # 0-255 inputs are not what it trained on: said
+    assert "input_scale" in report.kinds()  # 0-255 inputs are not what it trained on: said as such
+    assert report.layers("input_scale") == ["cnn_bn1"]
 
 
 def test_report_interfaces(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) -> None:

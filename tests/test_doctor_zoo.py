@@ -33,7 +33,7 @@ heads               moving variance /30 in the trunk (klass and   stale_statisti
 heads               trunk moving mean -2 std, output="flag"       stale_statistics (hit)
 cnn_last            trained 3 steps at momentum 0.99 (lag)        stale_statistics (hit)
 cnn_first           momentum=0.1 (PyTorch's convention)           pytorch_momentum (hit)
-conv1d              epsilon larger than the variances             large_epsilon (hit)
+conv1d              epsilon larger than the variances             large_epsilon (hit, info alone)
 cnn_last            Adam(use_ema=True)                            weight_ema (hit)
 conv1d              Dropout(0.5) before BN, trained               dropout_variance_shift (hit)
 transfer            BN frozen after fit, no compile()             frozen_but_training (hit)
@@ -293,7 +293,7 @@ def test_static_breaks() -> None:
     model = _fresh("conv1d")
     bn = _bn(model, "bn1")
     bn.epsilon = float(np.max(bn.moving_variance.numpy())) * 2
-    assert _run("conv1d", model).layers("large_epsilon") == ["bn1"]
+    assert _run("conv1d", model).layers("large_epsilon", "info") == ["bn1"]
     ema = _fresh("cnn_last")
     _compile(ema, use_ema=True)
     assert "weight_ema" in _run("cnn_last", ema).kinds("warning")

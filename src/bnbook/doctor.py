@@ -14,10 +14,15 @@ kind                        what it measures
                             channels)
 ``never_updated``           moving statistics still at their initial values (0, 1)
                             while the layer's input on ``x`` is far from them
+``input_scale``             the first BN layer's moving variance off by more than x100
+                            in nearly every channel (or ``x`` is integer and that layer
+                            is off): ``x`` is probably not scaled as in training
 ``stale_statistics``        moving statistics far from the statistics of the layer's
                             input on ``x``: by the median over channels *or* by the
                             fraction of channels outside a band (the worst channels
-                            are named); with ``y``, the gain from re-estimating them
+                            are named); with ``y``, the gain from re-estimating them.
+                            Not checked (info) for a BN layer that receives a mask
+                            (Keras excludes masked positions from its moments)
 ``train_inference_gap``     training-mode vs inference-mode accuracy/loss on
                             ``(x, y)``, relative to its paired standard error, with
                             the most likely cause
@@ -29,6 +34,7 @@ kind                        what it measures
                             ``compile``), or BN called with ``training=True``
 ``pytorch_momentum``        ``momentum`` well below 0.9 (PyTorch's 0.1 is Keras's 0.9)
 ``large_epsilon``           ``epsilon`` at least the moving variance in most channels
+                            (info; a warning when ``pytorch_momentum`` is also found)
 ``float16_statistics``      BN variables stored in float16 (pure float16 policy)
 ``weight_ema``              the optimizer averages weights (``use_ema=True``): the
                             statistics were gathered under the raw weights
@@ -63,8 +69,11 @@ layer at once, in batches of ``pass_size``. The passes:
 4. *re-estimated* (with labels): the predictions with the population statistics.
 
 The model is left as it was (moving statistics and random-generator states restored).
-A check that cannot run is an ``info`` finding with the evidence key ``not_checked``,
-and the headline then says the report is incomplete -- never "no BN problem found".
+A data check that cannot run is an ``info`` finding with the evidence key ``not_checked``,
+and the headline then says the report is incomplete -- never "no BN problem found". A
+check that needs an argument or state that is not data (``small_batch`` without
+``batch_size``, ``frozen_but_training`` on an uncompiled model) is an ``info`` finding
+with the key ``not_applicable``, listed in the headline but not making it incomplete.
 
 Thresholds (keyword arguments of :func:`diagnose`; defaults in :data:`THRESHOLDS`):
 
@@ -101,6 +110,10 @@ name                     default where it comes from
                                  (default 0.99); PyTorch's is the new one's (0.1)
 ``epsilon_fraction``     0.5     ``epsilon`` >= moving variance in more than half the
                                  channels (not calibrated: a static plausibility test)
+``input_scale_variance`` 100.0   the first BN layer's channel ratio outside [1/100,
+                                 100]: pixels 0-255 against 0-1 give 255**2; stale
+                                 statistics rarely reach it in most channels...
+``input_scale_fraction`` 0.9     ...in at least 90 % of its channels (not calibrated)
 ======================== ======= ===================================================
 
 Validation out of sample (``tests/test_doctor_zoo.py``): the thresholds above were
@@ -146,7 +159,7 @@ import math
 import sys
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -183,6 +196,7 @@ __all__ = [
 KINDS: tuple[str, ...] = (
     "non_finite",
     "never_updated",
+    "input_scale",
     "stale_statistics",
     "train_inference_gap",
     "dropout_variance_shift",
@@ -220,6 +234,8 @@ class Thresholds:
     small_batch: int = 16
     pytorch_momentum: float = 0.5
     epsilon_fraction: float = 0.5
+    input_scale_variance: float = 100.0
+    input_scale_fraction: float = 0.9
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any]) -> Thresholds:
@@ -283,6 +299,8 @@ _PASS_TYPES = _LINEAR_TYPES + (
     keras.layers.GlobalAveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.ZeroPadding2D,
+    keras.layers.Add,  # a residual sum: the dropout's branch still changes the sum's variance
+    keras.layers.Concatenate,  # the dropout's channels are among the BN layer's
 )
 _FIX: dict[str, str] = {
     "non_finite": (
@@ -298,6 +316,10 @@ _FIX: dict[str, str] = {
     "stale_statistics": (
         "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics, Li et al.'s "
         "re-estimation for the inference network), train longer, or lower the momentum; chapter 4"
+    ),
+    "input_scale": (
+        "x is probably not scaled as the model received it in training (e.g. pixels 0-255 against 0-1, or "
+        "missing standardisation): pass x through the training pipeline's preprocessing; chapter 3"
     ),
     "train_inference_gap": "remove the cause named in the evidence (see its own finding); chapters 4, 7 and 8",
     "dropout_variance_shift": (
@@ -321,8 +343,9 @@ _FIX: dict[str, str] = {
         "chapter 3"
     ),
     "large_epsilon": (
-        "epsilon dominates the variance in these channels; a model converted from PyTorch needs its "
-        "epsilon (1e-5; Keras's default is 1e-3); chapter 3"
+        "epsilon dominates the variance in these channels, which is harmless in a model trained with it (a "
+        "warning only with another sign of a conversion, such as a PyTorch-like momentum); a model converted "
+        "from PyTorch needs PyTorch's epsilon (1e-5; Keras's default is 1e-3); chapter 3"
     ),
     "float16_statistics": (
         "use the mixed_float16 policy (BN variables stay float32) instead of a pure float16 policy: a "
@@ -345,6 +368,7 @@ _FIX: dict[str, str] = {
 _CAUSE_ORDER = (
     "non_finite",
     "never_updated",
+    "input_scale",
     "stale_statistics",
     "dropout_variance_shift",
     "pytorch_momentum",
@@ -429,12 +453,13 @@ class Report:
         return pd.DataFrame(rows, columns=["kind", "severity", "layer", "evidence", "fix"])
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"model", "examples", "complete", "not_checked", "counts", "headline", "findings"}``, JSON-ready."""
+        """``{"model", "examples", "complete", "not_checked", "not_applicable", "counts", "headline", "findings"}``, JSON-ready."""
         return {
             "model": self.model_name,
             "examples": self.examples,
             "complete": not self.not_checked,
             "not_checked": [f"{f.kind}: {f.evidence['not_checked']}" for f in self.not_checked],
+            "not_applicable": [f"{f.kind}: {f.evidence['not_applicable']}" for f in self.not_applicable],
             "counts": {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES},
             "headline": self._headline(),
             "findings": [f.to_dict() for f in self.findings],
@@ -457,8 +482,19 @@ class Report:
 
     @property
     def not_checked(self) -> list[Finding]:
-        """The checks that could not run (info findings with a ``not_checked`` reason)."""
+        """The data checks that could not run (info findings with a ``not_checked`` reason).
+
+        They make the report incomplete. A check that needs what was not given and
+        is not a data check (``small_batch`` without ``batch_size``,
+        ``frozen_but_training`` on an uncompiled model) is in :attr:`not_applicable`
+        instead and does not.
+        """
         return [f for f in self.findings if "not_checked" in f.evidence]
+
+    @property
+    def not_applicable(self) -> list[Finding]:
+        """The checks that did not apply (info findings with a ``not_applicable`` reason)."""
+        return [f for f in self.findings if "not_applicable" in f.evidence]
 
     def _headline(self) -> str:
         counts = {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
@@ -473,6 +509,9 @@ class Report:
             if self.problems:
                 verdict += "; report incomplete"
             verdict += f" ({len(self.not_checked)} check(s) could not run: {', '.join(missing)})"
+        skipped = sorted({f.kind for f in self.not_applicable})
+        if skipped:
+            verdict += f"; not applicable: {', '.join(skipped)}"
         return (
             f"BN doctor on {self.model_name!r} ({self.examples} examples): {verdict}; "
             f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
@@ -556,6 +595,7 @@ class _Stream:
         self.m2: np.ndarray | None = None
         self.bad: np.ndarray | None = None
         self.calls = 0
+        self.masked = False  # the layer received a Keras mask (its own moments exclude masked positions)
 
     def add(self, count: int, mean: np.ndarray, m2: np.ndarray, bad: np.ndarray) -> None:
         mean, m2, bad = (np.asarray(a, np.float64) for a in (mean, m2, bad))
@@ -608,6 +648,8 @@ def _recording(
             def wrapped(inputs: Any, *args: Any, _bound: Any = bound, _layer: Any = layer, _stream: Any = stream, **kwargs: Any) -> Any:
                 rank = len(inputs.shape)
                 axis = _channel_axis(_layer, rank)
+                if kwargs.get("mask") is not None:
+                    _stream.masked = True
                 values, mean, centred, axes, count = _batch_moments(inputs, axis)
                 m2 = ops.sum(ops.square(centred), axis=axes)
                 bad = ops.sum(ops.cast(ops.logical_not(ops.isfinite(values)), "float32"), axis=axes)
@@ -845,6 +887,11 @@ def _info(kind: str, layer: str | None, reason: str) -> Finding:
     return Finding(kind, "info", layer, {"not_checked": reason}, _FIX[kind])
 
 
+def _not_applicable(kind: str, reason: str) -> Finding:
+    """A check that needs what the caller did not give (a batch size, a compiled model), not data."""
+    return Finding(kind, "info", None, {"not_applicable": reason}, _FIX[kind])
+
+
 def _values(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
 
@@ -891,7 +938,7 @@ def _check_static(
             fraction = float(np.mean(var[finite] <= eps))
             if fraction > t.epsilon_fraction:
                 evidence = {"epsilon": eps, "fraction_of_channels_with_variance_at_most_epsilon": fraction}
-                findings.append(Finding("large_epsilon", "warning", path, evidence, _FIX["large_epsilon"]))
+                findings.append(Finding("large_epsilon", "info", path, evidence, _FIX["large_epsilon"]))
         dtypes = {
             keras.backend.standardize_dtype(v.dtype) for v in variables.values() if v is not None
         }
@@ -901,6 +948,17 @@ def _check_static(
         if any(node.arguments.kwargs.get("training") is False for node in getattr(bn, "_inbound_nodes", [])) and _trainable_bn(bn):
             evidence = {"called_with": "training=False", "trainable": True}
             findings.append(Finding("training_false_override", "warning", path, evidence, _FIX["training_false_override"]))
+    # Channels with variance below epsilon are common in healthy models (a trained masked
+    # Embedding -> BN, MobileNetV3's depthwise BN layers): large_epsilon is only a warning
+    # when another sign of a model converted from PyTorch is present.
+    converted = any(f.kind == "pytorch_momentum" for f in findings)
+    if converted:
+        findings = [
+            replace(f, severity="warning", evidence={**f.evidence, "also_found": "pytorch_momentum"})
+            if f.kind == "large_epsilon"
+            else f
+            for f in findings
+        ]
     bn_ids = {id(bn) for _, bn in bns}
     for path, layer in _walk(model):
         if isinstance(layer, probes.BN_TYPES) or id(layer) in bn_ids:
@@ -933,10 +991,10 @@ def _check_small_batch(batch_size: int | None, t: Thresholds) -> list[Finding]:
     values, and with several replicas the per-replica batch counts. The threshold
     is Wu and He's ImageNet measurement (BN's error grows below 16 images per
     device), not measured on the model at hand. Keras does not record the batch
-    size, so without ``batch_size`` this check says it cannot run.
+    size, so without ``batch_size`` this check is listed as not applicable.
     """
     if batch_size is None:
-        return [_info("small_batch", None, "pass batch_size= (Keras does not record the training batch size)")]
+        return [_not_applicable("small_batch", "pass batch_size= (Keras does not record the training batch size)")]
     if batch_size < t.small_batch:
         evidence = {"batch_size": batch_size, "dense_std_of_batch_mean_over_std": 1 / math.sqrt(batch_size)}
         return [Finding("small_batch", "warning", None, evidence, _FIX["small_batch"])]
@@ -957,7 +1015,7 @@ def _check_frozen(model: keras.Model, bns: list[tuple[str, keras.layers.Layer]])
     - a BN layer called with ``training=True`` inside the model: ``model(x)`` then
       normalises with batch statistics.
 
-    An uncompiled model gets an info finding: its trainable changes cannot be checked.
+    An uncompiled model gets a not_applicable info finding: its trainable changes cannot be checked.
     """
     findings = []
     state = getattr(model, "_compiled_trainable_state", None)
@@ -981,7 +1039,7 @@ def _check_frozen(model: keras.Model, bns: list[tuple[str, keras.layers.Layer]])
                 findings.append(Finding("frozen_but_training", "warning", path, evidence, _FIX["frozen_but_training"]))
                 break
     if not state:
-        findings.append(_info("frozen_but_training", None, "model not compiled: trainable changes not checkable"))
+        findings.append(_not_applicable("frozen_but_training", "model not compiled: trainable changes not checkable"))
     return findings
 
 
@@ -1056,6 +1114,7 @@ def _check_statistics(
     gain_harmful: bool,
     t: Thresholds,
     explained: bool = False,
+    integer_x: bool = False,
 ) -> tuple[list[Finding], dict[str, dict[str, float]]]:
     """``never_updated`` and ``stale_statistics`` per BN layer, with per-channel evidence.
 
@@ -1087,6 +1146,12 @@ def _check_statistics(
         stream = population.get(path)
         if stream is None or stream.count == 0 or stream.mean is None:
             findings.append(_info("stale_statistics", path, "the layer was not called on x"))
+            continue
+        if stream.masked:
+            # Keras's BN computes its moments over the unmasked positions only; the streamed moments
+            # here include the padded ones, so comparing them would report healthy layers as stale.
+            reason = "the layer receives a mask (Masking, Embedding(mask_zero=True)): masked statistics not measured"
+            findings.append(_info("stale_statistics", path, reason))
             continue
         mean, var = stream.mean, stream.variance
         moving_mean, moving_var = _values(bn.moving_mean), _values(bn.moving_variance)
@@ -1139,8 +1204,16 @@ def _check_statistics(
             severity = "error" if gain_significant else "warning"
             if gain_harmful:
                 severity = "info"  # the weights are adapted to these statistics: re-estimating hurts
-            findings.append(Finding("stale_statistics", severity, path, {**evidence, **gain}, _FIX["stale_statistics"]))
-    explained = explained or any(f.kind in ("stale_statistics", "never_updated") for f in findings)
+            kind = "stale_statistics"
+            if path == bns[0][0]:
+                # The first BN layer off by x100 in nearly every channel (or at all, with integer x):
+                # the sample is scaled unlike the training data, not the statistics stale.
+                scaled = float(np.mean(log_ratio > math.log(t.input_scale_variance)))
+                if scaled >= t.input_scale_fraction or integer_x:
+                    kind = "input_scale"
+                    evidence = {**evidence, "fraction_off_by_more_than_x100": scaled, "integer_x": integer_x}
+            findings.append(Finding(kind, severity, path, {**evidence, **gain}, _FIX[kind]))
+    explained = explained or any(f.kind in ("stale_statistics", "never_updated", "input_scale") for f in findings)
     if gain_significant and not explained and scores:
         # Below every band, yet re-estimating all layers gains significantly: the measured gain is the
         # evidence (a model whose decision is sensitive to small offsets); name the most deviant layer.
@@ -1278,6 +1351,31 @@ def static_checks(model: keras.Model, *, batch_size: int | None = None, **thresh
     return Report(_sorted(findings), model.name, 0)
 
 
+def _check_arguments(
+    model: Any,
+    x: Any,
+    y: Any,
+    batch_size: Any,
+    output: Any,
+    pass_size: Any,
+    seed: Any,
+    thresholds: dict[str, Any],
+) -> tuple[Thresholds, int | None, int, int, np.ndarray, str | None, Any, str | None, _Target | None]:
+    """Every argument of :func:`diagnose` checked (raising as it documents), before any pass runs."""
+    _check_model(model)
+    t = Thresholds.with_overrides(thresholds)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+    pass_size = check_int(pass_size, "pass_size", minimum=2)
+    seed = check_int(seed, "seed", minimum=0)
+    x, cast_note = _check_x(model, x)
+    sample = model(x[: min(2, len(x))], training=False)
+    index, chosen, output_note = _choose_output(model, sample, output)
+    out_shape = tuple(int(s) for s in keras.ops.shape(chosen)[1:])
+    target = _check_y(y, len(x), out_shape) if y is not None else None
+    return t, batch_size, pass_size, seed, x, cast_note, index, output_note, target
+
+
 def diagnose(
     model: keras.Model,
     x: np.ndarray,
@@ -1330,17 +1428,9 @@ def diagnose(
             a shape that fits no reading of the output; ``output`` is not one of the
             model's outputs; ``batch_size`` < 1 or ``pass_size`` < 2; a threshold <= 0.
     """
-    _check_model(model)
-    t = Thresholds.with_overrides(thresholds)
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size", minimum=1)
-    pass_size = check_int(pass_size, "pass_size", minimum=2)
-    seed = check_int(seed, "seed", minimum=0)
-    x, cast_note = _check_x(model, x)
-    sample = model(x[: min(2, len(x))], training=False)
-    index, chosen, output_note = _choose_output(model, sample, output)
-    out_shape = tuple(int(s) for s in keras.ops.shape(chosen)[1:])
-    target = _check_y(y, len(x), out_shape) if y is not None else None
+    t, batch_size, pass_size, seed, x, cast_note, index, output_note, target = _check_arguments(
+        model, x, y, batch_size, output, pass_size, seed, thresholds
+    )
     order = np.random.default_rng(seed).permutation(len(x))
     x = x[order]
     y = None if y is None else y[order]
@@ -1378,8 +1468,8 @@ def diagnose(
         if y is not None:
             for path, bn in bns:
                 stream = population.get(path)
-                if stream is None or stream.mean is None:
-                    continue
+                if stream is None or stream.mean is None or stream.masked:
+                    continue  # a masked layer keeps its own statistics (its streamed ones include padding)
                 mean, var = stream.mean, stream.variance
                 if np.isfinite(mean).all() and np.isfinite(var).all():
                     bn.moving_mean.assign(mean.astype(keras.backend.standardize_dtype(bn.moving_mean.dtype)))
@@ -1404,7 +1494,9 @@ def diagnose(
             findings.append(Finding("shared_layer", "info", path, evidence, _FIX["shared_layer"]))
     findings += _check_inputs(bns, inference)
     explained = any(f.kind == "non_finite" for f in findings)  # re-estimation's gain is then the NaN's
-    stat_findings, rows = _check_statistics(bns, population, training, dropout_fed, gain, significant, harmful, t, explained)
+    stat_findings, rows = _check_statistics(
+        bns, population, training, dropout_fed, gain, significant, harmful, t, explained, integer_x=cast_note is not None
+    )
     findings += stat_findings
     findings += _check_dropout(rows, dropout_fed, t)
     if y is None:
@@ -1433,6 +1525,24 @@ class DoctorCallback(keras.callbacks.Callback):
         self.report: Report | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        """Check ``x``, ``y`` and the keyword arguments against the model, then run :func:`static_checks`.
+
+        Raises:
+            TypeError: As :func:`diagnose`, before the first training step.
+            ValueError: As :func:`diagnose` (``x`` of the wrong shape, ``y`` that fits no
+                reading of the output, an unknown ``output``), before the first training step.
+        """
+        kwargs = dict(self.kwargs)
+        _check_arguments(
+            self.model,
+            self.x,
+            self.y,
+            kwargs.pop("batch_size", None),
+            kwargs.pop("output", None),
+            kwargs.pop("pass_size", 128),
+            kwargs.pop("seed", 0),
+            kwargs,
+        )
         static = {k: v for k, v in self.kwargs.items() if k not in ("output", "pass_size", "seed")}
         self.start_report = static_checks(self.model, **static)
         if self.verbose:
