@@ -101,11 +101,17 @@ def _fake_mnist(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _serve_fake_mnist(monkeypatch, remote) -> str:
+    """Write a fake MNIST file at ``remote`` and make it the download source; return its checksum."""
+    digest = _fake_mnist(remote)
+    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    return digest
+
+
 def test_full_set_downloads_once_into_the_cache(tmp_path, monkeypatch):
     remote = tmp_path / "remote" / "mnist.npz"
     remote.parent.mkdir()
-    digest = _fake_mnist(remote)
-    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    digest = _serve_fake_mnist(monkeypatch, remote)
     cache = tmp_path / "cache"
     (x_train, y_train), (x_test, y_test) = data.load("mnist", n_test=50, cache_dir=cache)
     assert x_train.shape == (60, 28, 28, 1) and x_test.shape == (50, 28, 28, 1)
@@ -157,8 +163,7 @@ def test_corrupt_download_is_rejected_and_not_cached(tmp_path, monkeypatch):
 
 def test_full_set_with_all_test_images_keeps_every_one(tmp_path, monkeypatch):
     remote = tmp_path / "mnist.npz"
-    digest = _fake_mnist(remote)  # 100 test images; n_test=100 takes them all, as 10000 does for MNIST
-    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    digest = _serve_fake_mnist(monkeypatch, remote)  # 100 test images; n_test=100 takes them all, as 10000 does for MNIST
     _, (x_test, y_test) = data.load("mnist", n_test=100, cache_dir=tmp_path / "cache")
     with np.load(remote) as f:
         source = f["x_test"].astype(np.float32) / 255.0
@@ -170,8 +175,7 @@ def test_full_set_with_all_test_images_keeps_every_one(tmp_path, monkeypatch):
 def test_a_cached_file_with_the_wrong_checksum_is_downloaded_again(tmp_path, monkeypatch):
     remote = tmp_path / "remote" / "mnist.npz"
     remote.parent.mkdir()
-    digest = _fake_mnist(remote)
-    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    digest = _serve_fake_mnist(monkeypatch, remote)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "mnist.npz").write_bytes(b"truncated")
@@ -182,8 +186,7 @@ def test_a_cached_file_with_the_wrong_checksum_is_downloaded_again(tmp_path, mon
 
 def test_the_default_cache_is_keras_home(tmp_path, monkeypatch):
     remote = tmp_path / "remote.npz"
-    digest = _fake_mnist(remote)
-    monkeypatch.setitem(data._SOURCES, "mnist", [("mnist.npz", remote.as_uri(), digest)])
+    digest = _serve_fake_mnist(monkeypatch, remote)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     data.load("mnist", n_test=50)
     assert (tmp_path / "keras_home" / "datasets" / "mnist.npz").exists()
