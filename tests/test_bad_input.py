@@ -131,6 +131,10 @@ TRIES = [
     ("compare NaN margin", lambda m: stats.compare_paired([0.1, 0.2], margin=np.nan), ValueError, "margin must be > 0"),
     ("plot DataFrame of two variants", lambda m: stats.plot_paired_differences({"a vs b": TWO_VARIANTS}), TypeError, "columns ['a', 'b']"),
     ("paired_differences a list", lambda m: stats.paired_differences([1, 2], "a", "b"), TypeError, "expected a pandas DataFrame"),
+    ("sd_upper_bound one value", lambda m: stats.sd_upper_bound([0.1]), ValueError, "at least 2 values"),
+    ("sd_upper_bound NaN", lambda m: stats.sd_upper_bound([0.1, np.nan, 0.2]), ValueError, "must be finite"),
+    ("sd_upper_bound confidence=80", lambda m: stats.sd_upper_bound([0.1, 0.2], confidence=80), ValueError, "confidence must be in (0, 1), got 80"),
+    ("sd_upper_bound DataFrame of two variants", lambda m: stats.sd_upper_bound(TWO_VARIANTS), TypeError, "columns ['a', 'b']"),
     # data, plotting
     ("load n_test='100'", lambda m: data.load(n_test="100"), TypeError, "n_test must be an int, got '100'"),
     ("load flatten='no'", lambda m: data.load(flatten="no"), TypeError, "flatten must be a bool"),

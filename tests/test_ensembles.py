@@ -339,3 +339,36 @@ def test_a_diverged_run_scores_infinite_loss_and_is_never_chosen(small_data):
     assert choose_rates(table).loc["bn", "learning_rate"] == 0.05
     alone_run = last_rows(train_parallel({"bn": net(bn=False)}, [0], train, validation=val, epochs=1, batch_size=32))
     assert ends.loc[("bn", 0.05, 0), "val_loss"] == pytest.approx(alone_run.loc[("bn", 0.05, 0), "val_loss"], abs=2e-4)
+
+
+def test_sweep_rates_scores_the_test_images_at_the_chosen_rate_only(small_data):
+    from bnbook.ensembles import sweep_rates
+
+    train, val, test = small_data
+    models = {}
+    results, chosen = sweep_rates(
+        {"a": net(), "b": net(bn=False)}, [0, 1], train, validation=val, test=test, epochs=1, batch_size=32,
+        rates=[0.003, 0.03, 0.3], max_extensions=0, models=models,
+    )
+    ends = last_rows(results)
+    scored = ends[ends["test_accuracy"].notna()]
+    picked = {(v, r) for v, r, _ in scored.index}
+    assert picked == {(v, chosen.loc[v, "learning_rate"]) for v in ("a", "b")}  # one rate per variant
+    assert len(scored) == 4 and results["test_loss"].notna().sum() == 4  # every seed, once
+    assert len(models) == 2 * 3 * 2  # every model still returned
+    for variant in ("a", "b"):  # the same scores as train_parallel's test= at that rate alone
+        rate = chosen.loc[variant, "learning_rate"]
+        build = {"a": net(), "b": net(bn=False)}[variant]
+        ref = last_rows(train_parallel({variant: build}, [0, 1], train, validation=val, test=test, epochs=1,
+                                       batch_size=32, learning_rates=[rate]))
+        for seed in (0, 1):
+            key = (variant, rate, seed)
+            assert scored.loc[key, "test_loss"] == pytest.approx(ref.loc[key, "test_loss"], abs=1e-5)
+            assert scored.loc[key, "test_accuracy"] == pytest.approx(ref.loc[key, "test_accuracy"], abs=0.011)
+    no_test, _ = sweep_rates({"a": net()}, [0], train, validation=val, epochs=1, batch_size=32, rates=[0.01, 0.1])
+    assert "test_loss" not in no_test.columns
+    with pytest.raises(ValueError, match="test labels"):
+        sweep_rates({"a": net()}, [0], train, validation=val, test=(test[0], test[1].astype("float32")),
+                    epochs=1, batch_size=32, rates=[0.01, 0.1])
+    with pytest.raises(TypeError, match="models must be a dict"):
+        sweep_rates({"a": net()}, [0], train, validation=val, epochs=1, batch_size=32, rates=[0.01, 0.1], models=[])

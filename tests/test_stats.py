@@ -183,3 +183,20 @@ def test_seeds_for_equivalence_is_the_smallest_enough():
         seeds_for_equivalence(1.0, 0.1, max_seeds=20)
     with pytest.raises(TypeError, match="margin must be a number"):
         seeds_for_equivalence(1.0, "0.5")
+
+
+def test_sd_upper_bound_is_the_chi_square_bound_and_covers_the_true_sd():
+    from scipy import stats as scipy_stats
+
+    from bnbook.stats import sd_upper_bound
+
+    d = np.array([0.3, -0.1, -0.2, 0.1, 0.4, 0.6, -0.2, 0.3, -0.2, -0.2])
+    s = np.std(d, ddof=1)
+    assert sd_upper_bound(d, confidence=0.8) == pytest.approx(s * np.sqrt(9 / scipy_stats.chi2.ppf(0.2, 9)))
+    assert s < sd_upper_bound(d, confidence=0.8) < sd_upper_bound(d, confidence=0.95)
+    assert sd_upper_bound(pd.Series(d)) == sd_upper_bound(d)
+    assert sd_upper_bound([0.5, 0.5, 0.5]) == 0.0
+    # Coverage: for normal samples of 10 with SD 1, the 80 % bound lies above 1 in about 80 % of them.
+    rng = np.random.default_rng(0)
+    covered = np.mean([sd_upper_bound(rng.normal(size=10)) > 1.0 for _ in range(4000)])
+    assert 0.77 < covered < 0.83

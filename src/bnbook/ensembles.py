@@ -34,7 +34,8 @@ The unit tests check that a branch reproduces the model trained alone with the s
 batches, and that branches do not influence each other. Validation and test metrics are
 computed from the branches' predictions in inference mode: the loss is the mean per-example
 cross-entropy, the accuracy the share of argmax hits. The test images are evaluated once, at
-the end; choices are made on the validation images (:func:`choose_rates`).
+the end; choices are made on the validation images (:func:`choose_rates`), and
+:func:`sweep_rates` scores the test images only at the rates it chose.
 """
 
 from __future__ import annotations
@@ -558,6 +559,7 @@ def sweep_rates(
     metric: str = "val_loss",
     lower_is_better: bool = True,
     max_extensions: int = 3,
+    test: Arrays | None = None,
     **kwargs: object,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train a learning-rate grid with :func:`train_parallel` and extend it until each optimum is inside.
@@ -574,12 +576,16 @@ def sweep_rates(
         metric, lower_is_better: What to choose on, as :func:`choose_rates`.
         max_extensions: Most extension rounds; a variant still at its edge after them keeps
             ``at_edge`` True in the returned choice, for the chapter to report.
-        **kwargs: Passed to :func:`train_parallel` (``validation`` is required; ``test``,
+        test: ``(x, y)`` scored once, after the choice, and only at each variant's
+            *chosen* rate (every seed): the test images never see the other rates of the
+            grid. ``None``: no test columns.
+        **kwargs: Passed to :func:`train_parallel` (``validation`` is required;
             ``epochs``, ``batch_size``, ``models``, ...).
 
     Returns:
-        ``(results, chosen)``: every run's table (as :func:`train_parallel`'s) and
-        :func:`choose_rates`' table on it.
+        ``(results, chosen)``: every run's table (as :func:`train_parallel`'s; with
+        ``test``, ``test_loss`` and ``test_accuracy`` are filled in the last row of each
+        run at its variant's chosen rate, NaN elsewhere) and :func:`choose_rates`' table on it.
 
     Raises:
         TypeError, ValueError: As :func:`train_parallel`; fewer than 2 rates for a variant,
@@ -590,6 +596,14 @@ def sweep_rates(
     for name, values in grid.items():
         if len(values) < 2 or values != sorted(values):
             raise ValueError(f"variant {name!r}: rates must be at least 2 values in ascending order, got {values}")
+    if test is not None:  # refused before any training, as train_parallel would
+        x_test, y_test = _check_arrays(test, "test")
+        _check_labels(y_test, "test")
+    wanted = kwargs.pop("models", None)
+    if wanted is not None and not isinstance(wanted, dict):
+        raise TypeError(f"models must be a dict to fill, or None; got {type(wanted).__name__}")
+    trained: dict[tuple[str, float, int], keras.Model] = {}
+    kwargs["models"] = trained
     results = [train_parallel(variants, seeds, train, learning_rates=grid, **kwargs)]  # type: ignore[arg-type]
     chosen = choose_rates(results[0], metric, lower_is_better=lower_is_better)
     for _ in range(max_extensions):
@@ -607,4 +621,23 @@ def sweep_rates(
         )
         chosen = choose_rates(pd.concat(results, ignore_index=True), metric, lower_is_better=lower_is_better)
     table = pd.concat(results, ignore_index=True)
+    if test is not None:
+        table["test_loss"] = np.nan
+        table["test_accuracy"] = np.nan
+        last = table.groupby(["variant", "learning_rate", "seed"], sort=False)["step"].idxmax()
+        for (name, rate, seed), model in trained.items():
+            if np.isclose(rate, chosen.loc[name, "learning_rate"]):
+                table.loc[last[(name, rate, seed)], ["test_loss", "test_accuracy"]] = _test_scores(model, x_test, y_test)
+    if wanted is not None:
+        wanted.update(trained)
     return table.sort_values(["variant", "learning_rate", "seed", "step"], kind="stable").reset_index(drop=True), chosen
+
+
+def _test_scores(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """One trained model's loss and accuracy on ``(x, y)``, in inference mode, scored as the branches are."""
+    probs = np.concatenate(
+        [keras.ops.convert_to_numpy(model(x[i : i + 1000], training=False)) for i in range(0, len(x), 1000)]
+    )
+    if probs.ndim != 2 or y.max() >= probs.shape[1]:
+        raise ValueError(f"test labels must be class indices below {probs.shape[-1]} (the models' outputs), got {y.max()}")
+    return _cross_entropy_and_accuracy(probs, y)

@@ -24,6 +24,7 @@ __all__ = [
     "interval_half_width",
     "paired_differences",
     "plot_paired_differences",
+    "sd_upper_bound",
     "seeds_for_equivalence",
 ]
 
@@ -281,6 +282,37 @@ def interval_half_width(std: float, n: int, *, confidence: float = 0.95) -> floa
     return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
 
 
+def sd_upper_bound(differences: pd.Series | np.ndarray, *, confidence: float = 0.8) -> float:
+    """Return a one-sided upper confidence bound for the standard deviation of per-seed differences.
+
+    With ``k`` differences of sample standard deviation ``s`` (``ddof=1``), the bound is
+    ``s * sqrt((k - 1) / chi2.ppf(1 - confidence, k - 1))``: if the differences are a normal
+    sample, the true standard deviation lies below it with probability ``confidence``. Plan
+    a design with :func:`seeds_for_equivalence` from this bound, not from ``s`` itself:
+    the number of seeds is then large enough with about that probability.
+
+    Args:
+        differences: One difference per seed (a Series or 1-D array), at least 2, finite.
+        confidence: The one-sided confidence level, in (0, 1) (default 0.8).
+
+    Raises:
+        TypeError: ``differences`` is not one number per seed, or ``confidence`` not a number.
+        ValueError: Fewer than 2 differences, a non-finite one, or ``confidence`` outside (0, 1).
+    """
+    from scipy import stats  # noqa: PLC0415
+
+    values = _one_column(differences)
+    if values.size < 2:
+        raise ValueError(f"differences must hold at least 2 values for a standard deviation, got {values.size}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"differences must be finite numbers, got {values[~np.isfinite(values)][:3].tolist()} among them")
+    confidence = _check_positive(confidence, "confidence")
+    if not confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    k = values.size
+    return float(np.std(values, ddof=1) * np.sqrt((k - 1) / stats.chi2.ppf(1 - confidence, k - 1)))
+
+
 def seeds_for_equivalence(
     std: float, margin: float, *, fraction: float = 0.5, confidence: float = 0.95, max_seeds: int = 10_000
 ) -> int:
@@ -293,9 +325,9 @@ def seeds_for_equivalence(
 
     Planning from a pilot's *point estimate* of the SD gives only about a 50 % chance that
     the sample SD of the real run -- and so its half-width -- comes out at or below the
-    target; pass an upper confidence bound of the SD instead (e.g. the 80 % bound
-    ``s * sqrt((k - 1) / chi2.ppf(0.2, k - 1))`` from ``k`` pilot differences) to meet the
-    target with about that probability.
+    target; pass an upper confidence bound of the SD instead (:func:`sd_upper_bound`, e.g.
+    the 80 % bound ``s * sqrt((k - 1) / chi2.ppf(0.2, k - 1))`` from ``k`` pilot differences)
+    to meet the target with about that probability.
 
     Returns:
         The smallest ``n >= max(2, MIN_SEEDS_FOR_VERDICT)`` with
