@@ -131,6 +131,8 @@ TRIES = [
     ("compare NaN margin", lambda m: stats.compare_paired([0.1, 0.2], margin=np.nan), ValueError, "margin must be > 0"),
     ("plot DataFrame of two variants", lambda m: stats.plot_paired_differences({"a vs b": TWO_VARIANTS}), TypeError, "columns ['a', 'b']"),
     ("paired_differences a list", lambda m: stats.paired_differences([1, 2], "a", "b"), TypeError, "expected a pandas DataFrame"),
+    ("ECE of logits", lambda m: stats.expected_calibration_error(X[:, :3], Y), ValueError, "summing to 1"),
+    ("ECE one-hot labels", lambda m: stats.expected_calibration_error(np.full((4, 2), 0.5), np.eye(2)[[0, 1, 0, 1]]), ValueError, "1-D array of integer"),
     # data, plotting
     ("load n_test='100'", lambda m: data.load(n_test="100"), TypeError, "n_test must be an int, got '100'"),
     ("load flatten='no'", lambda m: data.load(flatten="no"), TypeError, "flatten must be a bool"),
