@@ -135,6 +135,8 @@ TRIES = [
     ("sd_upper_bound NaN", lambda m: stats.sd_upper_bound([0.1, np.nan, 0.2]), ValueError, "must be finite"),
     ("sd_upper_bound confidence=80", lambda m: stats.sd_upper_bound([0.1, 0.2], confidence=80), ValueError, "confidence must be in (0, 1), got 80"),
     ("sd_upper_bound DataFrame of two variants", lambda m: stats.sd_upper_bound(TWO_VARIANTS), TypeError, "columns ['a', 'b']"),
+    ("ECE of logits", lambda m: stats.expected_calibration_error(X[:, :3], Y), ValueError, "summing to 1"),
+    ("ECE one-hot labels", lambda m: stats.expected_calibration_error(np.full((4, 2), 0.5), np.eye(2)[[0, 1, 0, 1]]), ValueError, "1-D array of integer"),
     # data, plotting
     ("load n_test='100'", lambda m: data.load(n_test="100"), TypeError, "n_test must be an int, got '100'"),
     ("load flatten='no'", lambda m: data.load(flatten="no"), TypeError, "flatten must be a bool"),

@@ -372,3 +372,44 @@ def test_sweep_rates_scores_the_test_images_at_the_chosen_rate_only(small_data):
                     epochs=1, batch_size=32, rates=[0.01, 0.1])
     with pytest.raises(TypeError, match="models must be a dict"):
         sweep_rates({"a": net()}, [0], train, validation=val, epochs=1, batch_size=32, rates=[0.01, 0.1], models=[])
+
+
+class _UniformNoise(L.Layer):
+    """x * (1 + r), r uniform on [-b, b], in training (chapter 7's Uout): a custom layer with its own SeedGenerator."""
+
+    def __init__(self, b, **kwargs):
+        super().__init__(**kwargs)
+        self.b = b
+        self.seed_generator = keras.random.SeedGenerator(None)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        return x * (1.0 + keras.random.uniform(keras.ops.shape(x), -self.b, self.b, seed=self.seed_generator))
+
+
+@pytest.mark.parametrize("noise", [lambda: L.Dropout(0.5), lambda: _UniformNoise(0.5)], ids=["dropout", "custom-uniform"])
+def test_noise_before_bn_draws_each_seeds_own_noise_as_alone(small_data, noise):
+    """Noise right before BN (chapter 7's orderings): each branch draws the noise the model alone would draw,
+    with a different draw per seed (the moving variance depends on it, so a shared draw would show)."""
+    train, val, test = small_data
+
+    def build():
+        layers = [keras.Input((12,)), L.Dense(16, use_bias=False), noise(), L.BatchNormalization(momentum=0.9)]
+        model = keras.Sequential([*layers, L.Activation("relu"), L.Dense(4, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy")
+        return model
+
+    models = {}
+    ends = last_rows(
+        train_parallel({"noisy": build}, [0, 1], train, validation=val, test=test, epochs=2, batch_size=32, models=models)
+    )
+    for seed in (0, 1):
+        expected = alone(build, seed, train, val, test, epochs=2, batch_size=32)
+        for key, value in expected.items():
+            assert ends.loc[("noisy", 0.05, seed), key] == pytest.approx(value, abs=2e-4), (seed, key)
+    seeds_state = [
+        [keras.ops.convert_to_numpy(v) for v in models[("noisy", 0.05, s)].non_trainable_variables if "seed" in v.path]
+        for s in (0, 1)
+    ]
+    assert seeds_state[0] and not np.array_equal(seeds_state[0][0], seeds_state[1][0])  # each seed its own generator

@@ -1,6 +1,7 @@
 """bnbook.stats: paired differences, intervals against scipy, verdicts, the figure, bad input."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -200,3 +201,55 @@ def test_sd_upper_bound_is_the_chi_square_bound_and_covers_the_true_sd():
     rng = np.random.default_rng(0)
     covered = np.mean([sd_upper_bound(rng.normal(size=10)) > 1.0 for _ in range(4000)])
     assert 0.77 < covered < 0.83
+
+
+def test_expected_calibration_error_by_hand():
+    from bnbook.stats import expected_calibration_error
+
+    # Two bins: confidences 0.9, 0.9 (one right) -> |0.5 - 0.9| ; 0.3, 0.3 ... with 3 classes
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.3, 0.4, 0.3]])
+    labels = np.array([0, 1, 0, 1])
+    # n_bins=2: the first two in [0.5, 1] (accuracy 0.5, confidence 0.9), the last two in
+    # [0, 0.5) (accuracy 1, confidence 0.4): 0.5 * 0.4 + 0.5 * 0.6 = 0.5
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.5)
+    # A confidence of exactly 1 goes into the last bin; a perfectly calibrated certain model scores 0.
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_expected_calibration_error_sees_a_rescaling_that_accuracy_does_not():
+    from bnbook.stats import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=5000)
+    logits = rng.normal(size=(5000, 10))
+    logits[np.arange(5000), labels] += 2.5
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    # Calibrated by construction: sample the labels from the model's own probabilities.
+    probs = softmax(logits)
+    sampled = np.array([rng.choice(10, p=p) for p in probs])
+    assert expected_calibration_error(probs, sampled) < 0.03
+    cooled = softmax(0.5 * logits)  # same argmax, lower confidence
+    assert np.array_equal(cooled.argmax(1), probs.argmax(1))
+    assert expected_calibration_error(cooled, sampled) > 0.1
+
+
+@pytest.mark.parametrize(
+    "probs, labels, kwargs, error, match",
+    [
+        (np.full((2, 2), 0.5), np.array([0, 1]), {"n_bins": 0}, ValueError, "n_bins must be >= 1"),
+        (np.full((2, 2), 0.5), np.array([0, 1]), {"n_bins": 2.5}, TypeError, "n_bins must be an int"),
+        (np.full((2, 2), 0.4), np.array([0, 1]), {}, ValueError, "summing to 1"),
+        (np.array([[np.nan, 1.0]]), np.array([0]), {}, ValueError, "finite"),
+        (np.full(4, 0.25), np.array([0]), {}, ValueError, "shape (4,)"),
+        (np.full((2, 2), 0.5), np.array([0.0, 1.0]), {}, ValueError, "integer class indices"),
+        (np.full((2, 2), 0.5), np.array([0, 1, 1]), {}, ValueError, "2 examples but labels 3"),
+        (np.full((2, 2), 0.5), np.array([0, 2]), {}, ValueError, "in [0, 2)"),
+    ],
+)
+def test_expected_calibration_error_refuses_bad_input(probs, labels, kwargs, error, match):
+    from bnbook.stats import expected_calibration_error
+
+    with pytest.raises(error, match=re.escape(match)):
+        expected_calibration_error(probs, labels, **kwargs)

@@ -18,9 +18,13 @@ One home for every measurement the chapters and :mod:`bnbook.doctor` make on BN 
 :func:`reestimate_bn_statistics` is Li et al.'s (2019) remedy for dropout's variance
 shift: the statistics are re-estimated for the inference network, with dropout off.
 It is not "precise BN" (Ioffe & Szegedy 2015, Algorithm 2; Wu & Johnson 2021, computed
-by hand in chapter 4), which averages the statistics of mini-batches passed in training
-mode: earlier BN layers on batch statistics and dropout active. Without dropout or other
-noise layers the two differ only in how the earlier BN layers normalise meanwhile.
+by hand in chapter 4), which averages the statistics of mini-batches with the BN layers in
+training mode (earlier BN layers on batch statistics). Which mode the *dropout* layers are
+in is then the user's choice (fvcore's ``update_bn_stats`` leaves every layer's mode as the
+user set it): with dropout in inference mode it too measures the inputs BN receives at
+inference; run with the whole network in training mode, dropout stays on and it stores the
+inflated variance again. Without dropout or other noise layers the two differ only in how
+the earlier BN layers normalise meanwhile.
 """
 
 from __future__ import annotations

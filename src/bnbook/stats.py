@@ -21,6 +21,7 @@ __all__ = [
     "MIN_SEEDS_FOR_VERDICT",
     "PairedComparison",
     "compare_paired",
+    "expected_calibration_error",
     "interval_half_width",
     "paired_differences",
     "plot_paired_differences",
@@ -354,3 +355,61 @@ def seeds_for_equivalence(
                 f"({fraction:g} x margin {margin:g}): widen the margin or reduce the seed-to-seed spread"
             )
     return n
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Return the expected calibration error (ECE) of class probabilities, in [0, 1].
+
+    Each example's confidence is its largest probability; the examples are grouped into
+    ``n_bins`` equal-width bins of confidence on [0, 1] (a confidence of exactly 1 goes
+    into the last bin), and the ECE is the average over bins, weighted by their share of
+    the examples, of ``|accuracy in the bin - mean confidence in the bin|``
+    (Guo et al. 2017, eq. 3). 0: as confident as accurate; an under- or over-confident
+    model scores above 0. It sees what accuracy cannot: a softmax whose logits are all
+    scaled down keeps its argmax (the same accuracy) but its confidence drops.
+
+    Args:
+        probs: ``(examples, classes)`` class probabilities (rows sum to 1), e.g.
+            ``model.predict(x)`` of a softmax output.
+        labels: ``(examples,)`` integer class indices.
+        n_bins: Number of confidence bins, >= 1 (15, as Guo et al.).
+
+    Returns:
+        The ECE as a float (a fraction, not points).
+
+    Raises:
+        TypeError: ``n_bins`` not an int.
+        ValueError: ``probs`` not 2-D, non-finite, negative or with rows that do not sum
+            to 1; ``labels`` not 1-D integers in ``[0, classes)``; different lengths; no
+            examples; ``n_bins`` < 1.
+    """
+    from bnbook._checks import check_int  # noqa: PLC0415
+
+    n_bins = check_int(n_bins, "n_bins", minimum=1)
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be a non-empty (examples, classes) array of probabilities, got shape {probs.shape}")
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError(
+            "probs must be class probabilities: finite, >= 0, every row summing to 1 (a softmax output), "
+            f"got row sums from {np.nanmin(probs.sum(axis=1)):.4g} to {np.nanmax(probs.sum(axis=1)):.4g} "
+            f"and a minimum of {np.nanmin(probs):.4g}"
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D array of integer class indices, got shape {labels.shape}, dtype {labels.dtype}")
+    if len(labels) != len(probs):
+        raise ValueError(f"probs has {len(probs)} examples but labels {len(labels)}: pass matching arrays")
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(
+            f"labels must be class indices in [0, {probs.shape[1]}) (the columns of probs), "
+            f"got {labels.min()} to {labels.max()}"
+        )
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / len(labels))
