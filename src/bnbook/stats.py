@@ -391,10 +391,12 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, n_bins:
     if probs.ndim != 2 or probs.shape[0] == 0:
         raise ValueError(f"probs must be a non-empty (examples, classes) array of probabilities, got shape {probs.shape}")
     if not np.all(np.isfinite(probs)) or probs.min() < 0 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        finite = np.where(np.isfinite(probs), probs, np.nan)
+        sums = finite.sum(axis=1)
         raise ValueError(
             "probs must be class probabilities: finite, >= 0, every row summing to 1 (a softmax output), "
-            f"got row sums from {np.nanmin(probs.sum(axis=1)):.4g} to {np.nanmax(probs.sum(axis=1)):.4g} "
-            f"and a minimum of {np.nanmin(probs):.4g}"
+            f"got {int(np.sum(~np.isfinite(probs)))} non-finite value(s), row sums from {sums.min():.4g} "
+            f"to {sums.max():.4g} and a minimum of {np.nanmin(finite) if np.isfinite(finite).any() else float('nan'):.4g}"
         )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D array of integer class indices, got shape {labels.shape}, dtype {labels.dtype}")
