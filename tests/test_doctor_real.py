@@ -3,9 +3,11 @@ partial failures, static checks, any output, bad input, the report's interfaces 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import keras
@@ -318,12 +320,23 @@ def test_command_line_json_fail_on_and_label_errors(tmp_path, trained: keras.Mod
     assert main([*args, "--threshold", "nonsense"]) == 2
     assert main([*args, "--threshold", "stale=1"]) == 2
     assert "unknown threshold" in capsys.readouterr().err
-    # the console script's target, and python -m
-    assert callable(doctor.cli)
-    scripts = (ROOT / "pyproject.toml").read_text()
-    assert 'bnbook-doctor = "bnbook.doctor:cli"' in scripts
+    # python -m bnbook.doctor (the package's __main__)
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run(
         [sys.executable, "-m", "bnbook.doctor", *bad], capture_output=True, text=True, env=env, timeout=300
     )
     assert run.returncode == 2 and "y holds labels outside [0, 2)" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_console_script_entry_resolves_and_runs(tmp_path, monkeypatch, capsys) -> None:
+    """pyproject's ``bnbook-doctor`` entry resolves (as the installer's wrapper does) to ``bnbook.doctor.cli``, which runs."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = importlib.metadata.EntryPoint(name="bnbook-doctor", value=scripts["bnbook-doctor"], group="console_scripts")
+    target = entry.load()  # imports the module named in the entry and reads the attribute
+    assert target is doctor.cli
+    missing = str(tmp_path / "missing.keras")
+    monkeypatch.setattr(sys, "argv", ["bnbook-doctor", missing, "--data", str(tmp_path / "missing.npz")])
+    with pytest.raises(SystemExit) as stop:
+        target()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: model file {missing!r} does not exist"

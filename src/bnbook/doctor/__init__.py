@@ -1,0 +1,196 @@
+"""Diagnose a model's batch normalization problems from its weights and a sample of data.
+
+:func:`diagnose` looks at a built Keras model and a sample of its training inputs
+(and labels, when available) and returns a :class:`Report` of :class:`Finding` s,
+one per problem and BN layer, each with the measured numbers that triggered it and
+the remedy, naming the chapter of the book that explains it. Printed, the report
+groups the findings per kind (the layers listed once, the fix said once).
+
+=========================== ==========================================================
+kind                        what it measures
+=========================== ==========================================================
+``non_finite``              NaN/inf (or a negative variance) in a BN variable, or
+                            NaN/inf in a BN layer's input on ``x`` (error, naming the
+                            channels)
+``never_updated``           moving statistics still at their initial values (0, 1)
+                            while the layer's input on ``x`` is far from them
+``input_scale``             the first BN layer's moving variance off by more than x100
+                            in nearly every channel (or ``x`` is integer and that layer
+                            is off): ``x`` is probably not scaled as in training
+``stale_statistics``        moving statistics far from the statistics of the layer's
+                            input on ``x``: by the median over channels *or* by the
+                            fraction of channels outside a band (the worst channels
+                            are named); with ``y``, the gain from re-estimating them.
+                            Not checked (info) for a BN layer that receives a mask
+                            (Keras excludes masked positions from its moments)
+``train_inference_gap``     training-mode vs inference-mode accuracy/loss on
+                            ``(x, y)``, relative to its paired standard error, with
+                            the most likely cause
+``dropout_variance_shift``  a dropout layer feeds a BN layer; measured
+                            inference/training variance ratio of the BN input
+``training_false_override`` a BN layer, or a nested model holding trainable BN layers,
+                            called with ``training=False``: ``fit`` overrides it
+``frozen_but_training``     ``trainable`` changed after a ``fit`` (since the last
+                            ``compile``), or BN called with ``training=True``
+``pytorch_momentum``        ``momentum`` well below 0.9 (PyTorch's 0.1 is Keras's 0.9)
+``large_epsilon``           ``epsilon`` at least the moving variance in most channels
+                            (info; a warning when ``pytorch_momentum`` is also found)
+``float16_statistics``      BN variables stored in float16 (pure float16 policy)
+``weight_ema``              the optimizer averages weights (``use_ema=True``): the
+                            statistics were gathered under the raw weights
+``small_batch``             the training batch size makes batch statistics noisy
+``shared_layer``            a BN layer called more than once per forward pass (its
+                            statistics are pooled over its calls) -- info
+``input_cast``              integer ``x`` cast to the model's float input -- info
+``output_choice``           which output of a multi-output model was evaluated -- info
+``redundant_bias``          a Dense/convolution bias right before a centring BN -- info
+``foldable``                how many BN layers :func:`bnbook.folding.fold_batchnorm`
+                            can fold for inference -- info
+=========================== ==========================================================
+
+Every BN layer is checked wherever it sits: nested Sequential/Functional models at
+any depth, ``keras.applications`` bases, layers shared between calls,
+``keras.layers.BatchNormalization`` and :class:`bnbook.layers.BatchNorm` (and their
+subclasses). The measurements stream: each BN layer's ``call`` is wrapped for the
+duration of a pass so that it adds the per-channel count, mean and sum of squared
+deviations of its input (Chan et al.'s merge, float64) and nothing of size
+(examples x activations) is kept; one forward pass over ``x`` per mode measures every
+layer at once, in batches of ``pass_size``. The passes:
+
+1. *population* (dropout off; every BN layer normalises with the statistics of its
+   batch, so that a broken layer upstream does not bias the layers after it): the
+   statistics of each BN input, which the moving statistics are compared with, and
+   which the re-estimation (Li et al.'s, for the inference network, with dropout off;
+   not "precise BN", see :mod:`bnbook.probes`) assigns to measure its gain;
+2. *inference* (the model as it predicts): non-finite BN inputs, and the predictions;
+3. *training* (batches of ``batch_size``, shuffled with a fixed seed, dropout on;
+   only with labels or a dropout feeding BN): the training-mode variance of each BN
+   input and the training-mode predictions;
+4. *re-estimated* (with labels): the predictions with the population statistics.
+
+The model is left as it was (moving statistics and random-generator states restored).
+A data check that cannot run is an ``info`` finding with the evidence key ``not_checked``,
+and the headline then says the report is incomplete -- never "no BN problem found". A
+check that needs an argument or state that is not data (``small_batch`` without
+``batch_size``, ``frozen_but_training`` on an uncompiled model) is an ``info`` finding
+with the key ``not_applicable``, listed in the headline but not making it incomplete.
+
+Thresholds (keyword arguments of :func:`diagnose`; defaults in :data:`THRESHOLDS`):
+
+======================== ======= ===================================================
+name                     default where it comes from
+======================== ======= ===================================================
+``stale_variance``       2.0     median over channels of (moving var + eps)/(var +
+                                 eps) outside [1/2, 2]: the output's std off by 1.41.
+                                 The book's MLPs (chapter 10): healthy 1.15-1.26,
+                                 30 steps 4.1 and 2.1, 60 steps 2.4 and 1.7
+``stale_mean``           0.5     median ``|moving mean - mean| / std`` (healthy MLPs
+                                 0.06-0.15)
+``channel_variance``     4.0     a single channel is off when its ratio is outside
+                                 [1/4, 4] or its shift above ``channel_mean``
+``channel_mean``         1.0     (one standard deviation)
+``channel_fraction``     0.05    stale when more than 5 % of channels are off even if
+                                 the median is fine (3 of 32 channels = 9 %); set
+                                 above the 0-3 % measured on healthy models (below)
+``never_updated_variance`` 1.5   median ratio bound for statistics at their initial
+                                 values (exact initial values are evidence already)
+``dropout_ratio``        0.8     inference/training variance of a dropout-fed BN
+                                 input (MLPs of chapter 10: Dropout(0.5) 0.66-0.70,
+                                 Dropout(0.1) 0.95, no dropout 1.00-1.02)
+``gap_z``                3.0     accuracy gap (and re-estimation gain) above 3 paired
+                                 standard errors (same examples in both modes)...
+``gap_min``              0.01    ...and above 1 point (a negligible difference)
+``gap_loss_ratio``       2.0     regression: inference loss above twice the
+                                 training-mode loss (no local evidence: a guess)
+``small_batch``          16      rule of thumb (Wu and He's ImageNet measurements);
+                                 for Dense layers the std of a batch mean is
+                                 1/sqrt(B) of the feature's, for convolutions the
+                                 batch mean averages B x positions correlated values
+``pytorch_momentum``     0.5     Keras's momentum is the weight of the *old* value
+                                 (default 0.99); PyTorch's is the new one's (0.1)
+``epsilon_fraction``     0.5     ``epsilon`` >= moving variance in more than half the
+                                 channels (not calibrated: a static plausibility test)
+``input_scale_variance`` 100.0   the first BN layer's channel ratio outside [1/100,
+                                 100]: pixels 0-255 against 0-1 give 255**2; stale
+                                 statistics rarely reach it in most channels...
+``input_scale_fraction`` 0.9     ...in at least 90 % of its channels (not calibrated)
+======================== ======= ===================================================
+
+Validation out of sample (``tests/test_doctor_zoo.py``): the thresholds above were
+set on the book's MLPs (chapter 10) and the unit tests' 12-feature MLPs
+(``tests/test_doctor.py``), the per-channel band on the 32-channel CNN of
+``tests/test_doctor_real.py``; they were *not* tuned on the zoo's models, each
+written with the finding its break must produce and run with the defaults. Result:
+22 broken models, 21 hits and 1 partial miss; 6 healthy trained models, 6 clean.
+
+============================  ============================================  ==================
+family                        breaks                                        result
+============================  ============================================  ==================
+CNN channels-last             NaN variance channel; 3 steps at 0.99; EMA    hits
+CNN channels-first            inf gamma; lagging (6 steps); momentum 0.1    hits
+Conv1D                        mean +3 std; epsilon > variances; dropout     hits
+GRU + BN                      NaN mean channel; 3 of 16 channels x100       hits
+transfer (BN 2 models down)   reset to (0, 1); training=False; frozen       hits
+                              after fit without compile()
+two heads (softmax, sigmoid)  trunk mean -2 std (sigmoid output)            hit
+two heads                     trunk variance / 30 (both outputs)            partial miss: named
+                                                                            as info (predictions
+                                                                            still right, loss
+                                                                            lower: read as
+                                                                            adapted statistics)
+MobileNetV2 0.35 (32 x 32)    untrained; NaN deep; nested base lagging      hits
+ResNet50 (32 x 32)            one deep layer's variance x25                 hit (that layer)
+EfficientNetB0 (32 x 32)      one layer's mean +2 std; momentum 0.1         hits
+============================  ============================================  ==================
+
+Run as a program, ``bnbook-doctor MODEL.keras --data DATA.npz`` (or ``python -m
+bnbook.doctor ...``) prints the report of a saved model on the arrays of an ``.npz``
+file; ``--json`` prints :meth:`Report.to_dict` and ``--fail-on warning`` makes
+warnings fail a CI job.
+
+Modules: :mod:`~bnbook.doctor.findings` (the report), :mod:`~bnbook.doctor.thresholds`,
+:mod:`~bnbook.doctor.evidence` (fix texts), :mod:`~bnbook.doctor.graph` (finding the BN
+layers), :mod:`~bnbook.doctor.arguments`, :mod:`~bnbook.doctor.scoring` and
+:mod:`~bnbook.doctor.streaming` (the passes over data), :mod:`~bnbook.doctor.static` and
+:mod:`~bnbook.doctor.data_checks` (the checks), :mod:`~bnbook.doctor.diagnosis` (the entry
+points), :mod:`~bnbook.doctor.callback` and :mod:`~bnbook.doctor.command_line`.
+"""
+
+from __future__ import annotations
+
+from bnbook.doctor.callback import DoctorCallback
+from bnbook.doctor.command_line import cli, main
+from bnbook.doctor.diagnosis import diagnose, static_checks
+from bnbook.doctor.findings import KINDS, SEVERITIES, Finding, Report
+from bnbook.doctor.graph import _bn_paths  # noqa: F401 - read by the tests
+from bnbook.doctor.streaming import _recording, _Stream  # noqa: F401 - read by the tests
+from bnbook.doctor.thresholds import (
+    DROPOUT_RATIO,
+    GAP_ACCURACY,
+    NEVER_UPDATED_VARIANCE,
+    SMALL_BATCH,
+    STALE_MEAN,
+    STALE_VARIANCE,
+    THRESHOLDS,
+    Thresholds,
+)
+
+__all__ = [
+    "DROPOUT_RATIO",
+    "GAP_ACCURACY",
+    "KINDS",
+    "NEVER_UPDATED_VARIANCE",
+    "SEVERITIES",
+    "SMALL_BATCH",
+    "STALE_MEAN",
+    "STALE_VARIANCE",
+    "THRESHOLDS",
+    "DoctorCallback",
+    "Finding",
+    "Report",
+    "Thresholds",
+    "cli",
+    "diagnose",
+    "main",
+    "static_checks",
+]
