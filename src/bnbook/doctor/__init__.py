@@ -24,7 +24,7 @@ kind                        what it measures
                             Not checked (info) for a BN layer that receives a mask
                             (Keras excludes masked positions from its moments)
 ``train_inference_gap``     training-mode vs inference-mode accuracy/loss on
-                            ``(x, y)``, relative to its paired standard error, with
+                            ``(x, y)``, relative to its standard error over batches, with
                             the most likely cause
 ``dropout_variance_shift``  a dropout layer feeds a BN layer; measured
                             inference/training variance ratio of the BN input
@@ -59,14 +59,21 @@ layer at once, in batches of ``pass_size``. The passes:
 
 1. *population* (dropout off; every BN layer normalises with the statistics of its
    batch, so that a broken layer upstream does not bias the layers after it): the
-   statistics of each BN input, which the moving statistics are compared with, and
-   which the re-estimation (Li et al.'s, for the inference network, with dropout off;
-   not "precise BN", see :mod:`bnbook.probes`) assigns to measure its gain;
+   statistics of each BN input, which the moving statistics are compared with. With
+   dropout off and batch statistics this is neither "precise BN" (training mode,
+   dropout on) nor the inference network; it is the first pass of the re-estimation;
 2. *inference* (the model as it predicts): non-finite BN inputs, and the predictions;
 3. *training* (batches of ``batch_size``, shuffled with a fixed seed, dropout on;
    only with labels or a dropout feeding BN): the training-mode variance of each BN
    input and the training-mode predictions;
-4. *re-estimated* (with labels): the predictions with the population statistics.
+4. *re-estimated* (with labels): the fix the findings name,
+   :func:`bnbook.probes.reestimate_bn_statistics` (the same code): from the population
+   statistics, further passes in inference mode until no statistic changes by more
+   than 0.01 or 4 passes in all (:data:`~bnbook.doctor.diagnosis.REESTIMATION_TOLERANCE`,
+   ``REESTIMATION_PASSES``), which gives the inference network's statistics (Li et
+   al.'s re-estimation; exact in 2 passes when ``x`` fits one pass batch, within a few
+   passes of them otherwise); then the predictions with them. ``accuracy_reestimated`` therefore measures that fix, on ``x`` itself
+   (in sample: score it on held-out images before trusting a small gain).
 
 The model is left as it was (moving statistics and random-generator states restored).
 A data check that cannot run is an ``info`` finding with the evidence key ``not_checked``,
@@ -89,16 +96,26 @@ name                     default where it comes from
 ``channel_variance``     4.0     a single channel is off when its ratio is outside
                                  [1/4, 4] or its shift above ``channel_mean``
 ``channel_mean``         1.0     (one standard deviation)
-``channel_fraction``     0.05    stale when more than 5 % of channels are off even if
-                                 the median is fine (3 of 32 channels = 9 %); set
-                                 above the 0-3 % measured on healthy models (below)
+``channel_broken_variance`` 10.0 one channel with a ratio outside [1/10, 10]...
+``channel_broken_mean``  3.0     ...or shifted by 3 standard deviations makes the layer
+                                 stale, whatever its width (a per-channel test: one
+                                 x100 channel among 32 or 2,048 is found; one x5
+                                 channel among 16 is not)
+``channel_fraction``     0.05    many mildly off channels: more than 5 % of the
+                                 channels outside the ``channel_variance`` band...
+``channel_count``        3       ...and at least 3 of them (so that one noisy channel of
+                                 a narrow layer is not enough). Chapter 10's MLPs:
+                                 mended model 3 of 64 (4.7 %), lagging 4 of 64
 ``never_updated_variance`` 1.5   median ratio bound for statistics at their initial
                                  values (exact initial values are evidence already)
 ``dropout_ratio``        0.8     inference/training variance of a dropout-fed BN
                                  input (MLPs of chapter 10: Dropout(0.5) 0.66-0.70,
                                  Dropout(0.1) 0.95, no dropout 1.00-1.02)
-``gap_z``                3.0     accuracy gap (and re-estimation gain) above 3 paired
-                                 standard errors (same examples in both modes)...
+``gap_z``                3.0     accuracy gap above the Student-t equivalent of 3
+                                 standard errors over training batches (the examples
+                                 of a batch share its statistics; the same examples
+                                 in both modes); re-estimation gain above 3 paired
+                                 standard errors over examples (inference mode)...
 ``gap_min``              0.01    ...and above 1 point (a negligible difference)
 ``gap_loss_ratio``       2.0     regression: inference loss above twice the
                                  training-mode loss (no local evidence: a guess)
@@ -116,12 +133,18 @@ name                     default where it comes from
 ``input_scale_fraction`` 0.9     ...in at least 90 % of its channels (not calibrated)
 ======================== ======= ===================================================
 
-Validation out of sample (``tests/test_doctor_zoo.py``): the thresholds above were
-set on the book's MLPs (chapter 10) and the unit tests' 12-feature MLPs
+Validation on the zoo (``tests/test_doctor_zoo.py``). The thresholds above were set
+on the book's MLPs (chapter 10) and the unit tests' 12-feature MLPs
 (``tests/test_doctor.py``), the per-channel band on the 32-channel CNN of
-``tests/test_doctor_real.py``; they were *not* tuned on the zoo's models, each
-written with the finding its break must produce and run with the defaults. Result:
-22 broken models, 21 hits and 1 partial miss; 6 healthy trained models, 6 clean.
+``tests/test_doctor_real.py``; the zoo's models were written after, each with the
+finding its break must produce, and run with the defaults. Out of sample it is only
+for the rules fixed before the zoo (the bands, ``never_updated``, ``non_finite``,
+dropout, the static checks). Three rules came after models of the zoo had been seen,
+so for them the zoo is calibration, not a held-out estimate: the ``below_bands`` rule
+(added in the zoo's own commit, after its channels-last CNN lagging 3 steps), and the
+broken-channel rule and the gap's standard error over batches (added after a review
+that ran the zoo). Result: 22 broken models, 21 hits and 1 partial miss; 6 healthy
+trained models, 6 clean. A held-out set for those three rules is still to be written.
 
 ============================  ============================================  ==================
 family                        breaks                                        result

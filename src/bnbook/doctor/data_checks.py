@@ -10,7 +10,6 @@ import numpy as np
 
 from bnbook.doctor.evidence import _CAUSE_ORDER, _FIX, _channels, _info, _values
 from bnbook.doctor.findings import Finding
-from bnbook.doctor.scoring import _paired
 from bnbook.doctor.streaming import _Stream
 from bnbook.doctor.thresholds import Thresholds
 
@@ -41,11 +40,14 @@ def _check_statistics(
     the layer divides by against the right one, so channels whose variance is below
     epsilon do not count -- and ``shift`` = |moving mean - mean| / sqrt(var + eps).
     A layer is off when the median ratio is outside [1/``stale_variance``,
-    ``stale_variance``], the median shift above ``stale_mean``, or more than
-    ``channel_fraction`` of its channels are outside [1/``channel_variance``,
+    ``stale_variance``], the median shift above ``stale_mean``, when one channel is
+    *broken* (ratio outside [1/``channel_broken_variance``, ``channel_broken_variance``]
+    or shift above ``channel_broken_mean``: a per-channel test, so the layer's width
+    does not matter), or when more than ``channel_fraction`` of its channels, and at
+    least ``channel_count`` of them, are outside [1/``channel_variance``,
     ``channel_variance``] or shifted by more than ``channel_mean``. Below a dropout
-    layer a channel is off only if its moving variance is also far from the
-    training-mode variance (what training stores). Statistics exactly at their
+    layer a channel is off (or broken) only if its moving variance is also far from
+    the training-mode variance (what training stores). Statistics exactly at their
     initial values with the input off (median bound ``never_updated_variance``) are
     ``never_updated`` (error). ``stale_statistics`` is an error when re-estimating
     all statistics gains accuracy significantly (``gap_z`` paired standard errors and
@@ -81,12 +83,14 @@ def _check_statistics(
         ratio, shift = _compare(moving_mean[usable], moving_var[usable], mean[usable], var[usable], eps)
         log_ratio = np.abs(np.log(ratio))
         off = (log_ratio > math.log(t.channel_variance)) | (shift > t.channel_mean)
+        broken = (log_ratio > math.log(t.channel_broken_variance)) | (shift > t.channel_broken_mean)
         train = training.get(path)
         train_ratio = None
         if path in dropout_fed and train is not None and train.count:
             train_var = train.variance[usable]
             train_ratio = (moving_var[usable] + eps) / (train_var + eps)
             off &= np.abs(np.log(train_ratio)) > math.log(t.channel_variance)
+            broken &= np.abs(np.log(train_ratio)) > math.log(t.channel_broken_variance)
             rows[path] = {
                 "inference_training_variance_ratio": float(np.median((var[usable] + eps) / (train_var + eps))),
                 "moving_inference_variance_ratio": float(np.median(ratio)),
@@ -102,12 +106,15 @@ def _check_statistics(
         if train_ratio is not None:
             far_var = far_var and abs(math.log(float(np.median(train_ratio)))) > math.log(t.stale_variance)
         far_mean = mean_shift > t.stale_mean
-        far_channels = fraction > t.channel_fraction
+        # One channel far off (its own test, whatever the layer's width), or many mildly off (a fraction of
+        # the layer, with a minimum count so that one noisy channel of a narrow layer is not enough).
+        far_channels = bool(broken.any()) or (fraction > t.channel_fraction and int(off.sum()) >= t.channel_count)
         evidence: dict[str, Any] = {
             "var_ratio": var_ratio,
             "mean_shift": mean_shift,
             "channels_off": f"{int(off.sum())} of {len(off)}",
             "fraction_off": fraction,
+            "channels_broken": int(broken.sum()),
             "worst_channels": worst_text,
         }
         scores[path] = (max(abs(math.log(var_ratio)) / math.log(t.stale_variance), mean_shift / t.stale_mean), evidence)
@@ -183,39 +190,80 @@ def _check_inputs(bns: list[tuple[str, keras.layers.Layer]], inference: dict[str
     return findings
 
 
+def _clustered(a: np.ndarray, b: np.ndarray, batch: int) -> tuple[float, float, int]:
+    """Mean of ``a - b`` over the same examples and its standard error over batches of ``batch``.
+
+    The examples of one training-mode batch share its statistics, so they are not independent:
+    the differences are averaged per batch and the standard error is that of the batch means
+    (a cluster standard error). Returns the mean, the standard error and the number of batches.
+    """
+    m = min(len(a), len(b)) // batch * batch
+    d = (np.asarray(a[:m], np.float64) - np.asarray(b[:m], np.float64)).reshape(-1, batch).mean(axis=1)
+    k = len(d)
+    if k < 2:
+        return (float(d.mean()) if k else 0.0), float("inf"), k
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(k)), k
+
+
+def _critical(z: float, batches: int) -> float:
+    """The Student-t quantile with ``batches - 1`` degrees of freedom for the one-sided tail of ``z``."""
+    from scipy import stats  # noqa: PLC0415  (scipy comes with scikit-learn)
+
+    return float(stats.t.isf(stats.norm.sf(z), batches - 1))
+
+
 def _check_gap(
     train: tuple[np.ndarray | None, np.ndarray | None],
     infer: tuple[np.ndarray | None, np.ndarray | None],
     causes: list[Finding],
     t: Thresholds,
+    batch: int = 32,
+    gain: dict[str, Any] | None = None,
 ) -> list[Finding]:
     """``train_inference_gap``: training mode predicts better than inference mode on ``(x, y)``.
 
-    Classification: the accuracy difference (training - inference mode, the same
-    examples in both, hence a paired standard error) above ``gap_z`` = 3 standard
-    errors and above ``gap_min`` = 1 point. Regression: the inference loss above
-    ``gap_loss_ratio`` = 2 times the training-mode loss and 3 standard errors.
-    Measured on 1,000 of the book's training images: healthy MLPs score 1-4 points
-    *lower* in training mode; chapter 10's lagging model 21 points higher.
+    Both modes are scored on the same examples (the training-mode pass drops a last,
+    incomplete batch; so do both means here). The examples of one training-mode batch
+    share its statistics, so the differences are averaged per batch of ``batch`` and the
+    standard error is over batches; the threshold is the Student-t quantile (batches - 1
+    degrees of freedom) of the one-sided tail of ``gap_z`` = 3 (fewer than 2 batches:
+    not checked, info). Classification: the accuracy difference (training - inference
+    mode) above that many standard errors and above ``gap_min`` = 1 point. Regression:
+    the inference loss above ``gap_loss_ratio`` = 2 times the training-mode loss and
+    the same test. Measured on 1,000 of the book's training images: healthy MLPs score
+    1-4 points *lower* in training mode; chapter 10's lagging model about 20 points higher.
+    A gap that no BN finding explains is a warning (``likely_cause=unknown``) whose fix
+    is an experiment: re-estimate on other images and compare held out.
     """
     loss_t, acc_t = train
     loss_i, acc_i = infer
     if loss_t is None or loss_i is None:
         return []
-    evidence: dict[str, Any] = {"loss_training_mode": float(loss_t.mean()), "loss_inference_mode": float(loss_i.mean())}
+    m = len(loss_t) // batch * batch
+    if m // batch < 2:
+        reason = f"fewer than 2 training-mode batches of {batch} in x: no standard error over batches"
+        return [Finding("train_inference_gap", "info", None, {"not_checked": reason}, _FIX["train_inference_gap"])]
+    evidence: dict[str, Any] = {
+        "loss_training_mode": float(loss_t[:m].mean()),
+        "loss_inference_mode": float(loss_i[:m].mean()),
+        "examples": m,
+    }
     if acc_t is not None and acc_i is not None:
-        gap, se = _paired(acc_t, acc_i)
-        found = gap > t.gap_min and gap > t.gap_z * se
+        gap, se, k = _clustered(acc_t, acc_i, batch)
+        found = gap > t.gap_min and gap > _critical(t.gap_z, k) * se
         evidence.update(
-            accuracy_training_mode=float(acc_t.mean()), accuracy_inference_mode=float(acc_i.mean()), paired_se=se
+            accuracy_training_mode=float(acc_t[:m].mean()), accuracy_inference_mode=float(acc_i[:m].mean()), se_over_batches=se
         )
     else:
-        gap, se = _paired(loss_i, loss_t)
-        found = float(loss_i.mean()) > t.gap_loss_ratio * float(loss_t.mean()) and gap > t.gap_z * se
+        gap, se, k = _clustered(loss_i, loss_t, batch)
+        found = evidence["loss_inference_mode"] > t.gap_loss_ratio * evidence["loss_training_mode"] and gap > _critical(t.gap_z, k) * se
     if not found:
         return []
     problems = [f for f in causes if f.severity in ("error", "warning")]
     cause = next((k for k in _CAUSE_ORDER if any(f.kind == k for f in problems)), "unknown")
     evidence["likely_cause"] = cause
-    fix = _FIX["train_inference_gap"] if cause == "unknown" else f"fix {cause}: " + _FIX[cause]
-    return [Finding("train_inference_gap", "error", None, evidence, fix)]
+    if cause == "unknown":
+        if gain and "accuracy_reestimated" in gain:
+            evidence["accuracy_reestimated_on_x"] = gain["accuracy_reestimated"]
+        return [Finding("train_inference_gap", "warning", None, evidence, _FIX["train_inference_gap_unknown"])]
+    return [Finding("train_inference_gap", "error", None, evidence, f"fix {cause}: " + _FIX[cause])]

@@ -19,6 +19,14 @@ from bnbook.doctor.static import _check_static
 from bnbook.doctor.streaming import _batches, _recording, _run, _Stream
 from bnbook.doctor.thresholds import Thresholds
 
+#: The re-estimation whose gain the doctor measures stops when a pass changes no statistic by more than
+#: this (probes.reestimate_bn_statistics's default is 1e-3: the accuracies differ by far less than a point).
+REESTIMATION_TOLERANCE = 1e-2
+#: ...or after this many passes (the population pass included). With ``x`` in one pass batch (fewer than
+#: 2 * pass_size examples) the second pass already confirms exact statistics; in several batches a deep
+#: network can need more, and the gain is then measured on statistics within a few passes of the fix's.
+REESTIMATION_PASSES = 4
+
 def static_checks(model: keras.Model, *, batch_size: int | None = None, **thresholds: float) -> Report:
     """The checks that need no data (variables, hyperparameters, graph, optimizer, batch size).
 
@@ -135,14 +143,22 @@ def diagnose(
         gain: dict[str, Any] = {}
         significant = harmful = False
         if y is not None:
-            for path, bn in bns:
-                stream = population.get(path)
-                if stream is None or stream.mean is None or stream.masked:
-                    continue  # a masked layer keeps its own statistics (its streamed ones include padding)
-                mean, var = stream.mean, stream.variance
-                if np.isfinite(mean).all() and np.isfinite(var).all():
-                    bn.moving_mean.assign(mean.astype(keras.backend.standardize_dtype(bn.moving_mean.dtype)))
-                    bn.moving_variance.assign(var.astype(keras.backend.standardize_dtype(bn.moving_variance.dtype)))
+            # The fix the findings name, probes.reestimate_bn_statistics, whose first pass is the population
+            # pass above; a masked layer keeps its own statistics (its streamed ones include padding).
+            usable = [
+                (path, bn)
+                for path, bn in bns
+                if path in population
+                and population[path].mean is not None
+                and not population[path].masked
+                and np.isfinite(population[path].mean).all()
+                and np.isfinite(population[path].variance).all()
+            ]
+            first = {path: (population[path].mean, population[path].variance) for path, _ in usable}
+            try:
+                probes._reestimate(model, usable, x, stats_slices, REESTIMATION_TOLERANCE, REESTIMATION_PASSES, first)
+            except ValueError:  # an inference-mode pass met a non-finite input: keep the batch-normalised pass
+                probes._assign_statistics(usable, first)
             loss1, acc1 = _run(model, x, stats_slices, False, index, y, target)[:2]
             loss0, acc0 = infer
             assert loss0 is not None and loss1 is not None
@@ -171,6 +187,6 @@ def diagnose(
     if y is None:
         findings.append(_info("train_inference_gap", None, "no labels y given"))
     else:
-        findings += _check_gap(train, infer, findings, t)
+        findings += _check_gap(train, infer, findings, t, min(batch_size or 32, len(x)), gain)
     report.findings = _sorted(findings)
     return report

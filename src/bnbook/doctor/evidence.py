@@ -21,14 +21,22 @@ _FIX: dict[str, str] = {
         "probes.reestimate_bn_statistics; chapters 3 and 4"
     ),
     "stale_statistics": (
-        "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics, Li et al.'s "
-        "re-estimation for the inference network), train longer, or lower the momentum; chapter 4"
+        "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics(model, x): the "
+        "inference network's statistics, Li et al.'s re-estimation, nested and shared layers included; "
+        "accuracy_reestimated is what it gives on x), train longer, or lower the momentum; chapter 4"
     ),
     "input_scale": (
         "x is probably not scaled as the model received it in training (e.g. pixels 0-255 against 0-1, or "
         "missing standardisation): pass x through the training pipeline's preprocessing; chapter 3"
     ),
     "train_inference_gap": "remove the cause named in the evidence (see its own finding); chapters 4, 7 and 8",
+    "train_inference_gap_unknown": (
+        "no BN finding explains the gap: re-estimate the statistics on other training images "
+        "(probes.reestimate_bn_statistics(model, x_other)) and compare inference-mode accuracy on held-out "
+        "images before and after; if it rises, the statistics were stale (keep them); if not, the gap is noise "
+        "of this sample or comes from outside BN (pass more examples, or check layers that behave differently "
+        "in training, e.g. dropout or augmentation); chapters 4 and 10"
+    ),
     "dropout_variance_shift": (
         "move the dropout after the last BN layer, or re-estimate the BN statistics with dropout off "
         "(probes.reestimate_bn_statistics); chapter 7"

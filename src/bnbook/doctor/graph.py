@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import keras
 
-from bnbook import probes
+from bnbook._bn_streams import _channel_axis  # noqa: F401 - re-exported
+from bnbook.probes import _bn_paths, _walk  # noqa: F401 - re-exported
 
 _DROPOUT_TYPES = tuple(
     getattr(keras.layers, name)
@@ -51,34 +52,6 @@ _PASS_TYPES = _LINEAR_TYPES + (
     keras.layers.Add,  # a residual sum: the dropout's branch still changes the sum's variance
     keras.layers.Concatenate,  # the dropout's channels are among the BN layer's
 )
-
-
-def _walk(model: keras.layers.Layer, prefix: str = "") -> list[tuple[str, keras.layers.Layer]]:
-    """Every sublayer of ``model`` with its path name, nested models and layers included (depth first)."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=False):
-        found.append((prefix + layer.name, layer))
-        if not isinstance(layer, probes.BN_TYPES):
-            found.extend(_walk(layer, prefix + layer.name + "/"))
-    return found
-
-
-def _bn_paths(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
-    """Every BN layer once (a shared one under its first path), depth first."""
-    seen: set[int] = set()
-    found = []
-    for path, layer in _walk(model):
-        if isinstance(layer, probes.BN_TYPES) and id(layer) not in seen:
-            seen.add(id(layer))
-            found.append((path, layer))
-    return found
-
-
-def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
-    axis = layer.axis
-    if isinstance(axis, (list, tuple)):
-        axis = axis[0]
-    return int(axis) % rank
 
 
 def _producers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:

@@ -20,6 +20,9 @@ class Thresholds:
     channel_variance: float = 4.0
     channel_mean: float = 1.0
     channel_fraction: float = 0.05
+    channel_count: int = 3
+    channel_broken_variance: float = 10.0
+    channel_broken_mean: float = 3.0
     never_updated_variance: float = 1.5
     dropout_ratio: float = 0.8
     gap_z: float = 3.0
