@@ -100,7 +100,36 @@ def test_three_of_32_broken_channels_are_found(trained: keras.Model, images: tup
     assert abs(stale.evidence["var_ratio"] - 1) < 0.5  # the median alone would hide it
     worst = {int(part.split(":")[0]) for part in stale.evidence["worst_channels"].split(", ") if ":" in part}
     assert worst == {3, 17, 30}
-    assert diagnose(model, images[0], batch_size=16, channel_fraction=0.2).problems == []  # a threshold, not a constant
+    # thresholds, not constants: the x100 channels pass a band of x200, and 3 of 32 do not reach 20 %
+    assert diagnose(model, images[0], batch_size=16, channel_broken_variance=200, channel_fraction=0.2).problems == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "channels", "factor", "found"),
+    [
+        pytest.param("cnn_bn1", [17], 20.0, True, id="1 of 32 x20: broken, found"),
+        pytest.param("cnn_bn2", [5], 20.0, True, id="1 of 16 x20: broken, found"),
+        pytest.param("cnn_bn2", [5], 1 / 20, True, id="1 of 16 /20: broken, found"),
+        pytest.param("cnn_bn2", [5], 3.0, False, id="1 of 16 x3: one mild channel, not enough"),
+        pytest.param("cnn_bn1", [5], 3.0, False, id="1 of 32 x3: one mild channel, not enough"),
+        pytest.param("cnn_bn2", [2, 5, 9], 6.0, True, id="3 of 16 x6: several mild channels, found"),
+    ],
+)
+def test_one_broken_channel_is_found_whatever_the_width(
+    trained: keras.Model, images: tuple[np.ndarray, np.ndarray], layer: str, channels: list[int], factor: float, found: bool
+) -> None:
+    """Whether a channel is found depends on how far off it is, not on how many channels its layer has."""
+    assert diagnose(trained, images[0], batch_size=16).problems == []  # the trained model is clean to start with
+    model = _copy(trained)
+    bn = model.get_layer(layer)
+    variance = bn.moving_variance.numpy()
+    variance[channels] *= factor
+    bn.moving_variance.assign(variance)
+    report = diagnose(model, images[0], batch_size=16)
+    assert (layer in report.layers("stale_statistics")) is found, str(report)
+    if found:
+        (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
+        assert int(stale.evidence["worst_channels"].split(":")[0]) in channels
 
 
 def _nested(images: tuple[np.ndarray, np.ndarray], *, training_false: bool) -> tuple[keras.Model, keras.layers.Layer]:
