@@ -141,7 +141,7 @@ finding its break must produce, and run with the defaults. Out of sample it is o
 for the rules fixed before the zoo (the bands, ``never_updated``, ``non_finite``,
 dropout, the static checks). Three rules came after models of the zoo had been seen,
 so for them the zoo is calibration, not a held-out estimate: the ``below_bands`` rule
-(added in the zoo's own commit, after its channels-last CNN lagging 3 steps), and the
+(added in the zoo's own commit, d1f0e7c, "found on the out-of-sample CNN" of the zoo), and the
 broken-channel rule and the gap's standard error over batches (added after a review
 that ran the zoo). Result: 22 broken models, 21 hits and 1 partial miss; 6 healthy
 trained models, 6 clean. A held-out set for those three rules is still to be written.
