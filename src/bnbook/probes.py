@@ -334,8 +334,16 @@ def _pass_statistics(
         mean, variance = stream.mean, stream.variance
         bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(variance))).tolist()
         if bad:  # e.g. an overflow, or NaN weights upstream: nothing is written
+            listed = f"{bad}" if len(bad) <= 8 else f"{bad[:8]} ... ({len(bad)} of {len(mean)})"
+            hint = (
+                " (in inference mode with the previous pass's statistics: an untrained or diverging deep network "
+                "can overflow when its first pass used several batches; pass all of x in one batch, "
+                "batch_size >= len(x), to make the first pass exact)"
+                if mode == "inference"
+                else ""
+            )
             raise ValueError(
-                f"the input of BN layer {path!r} is not finite on x in channels {bad}: "
+                f"the input of BN layer {path!r} is not finite on x in channels {listed}{hint}: "
                 "check the weights before it; the model was left as it was"
             )
         found[path] = (mean, variance)
