@@ -373,3 +373,60 @@ def test_input_scale_instead_of_stale_statistics(healthy, data) -> None:
     assert scaled.evidence["fraction_off_by_more_than_x100"] >= 0.9
     # the same model on its own data: nothing of the kind
     assert "input_scale" not in diagnose(healthy, x[:256], y[:256], batch_size=32).kinds("error", "warning", "info")
+
+
+# ----------------------------------------------------------------------------- the gain measures the fix; the gap rule
+
+
+def test_the_reported_gain_is_what_the_printed_fix_gives(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """accuracy_reestimated is the accuracy on x after probes.reestimate_bn_statistics(model, x): the same procedure."""
+    model = keras.models.clone_model(healthy)
+    model.set_weights(healthy.get_weights())
+    bn = _bn(model)
+    bn.moving_variance.assign(bn.moving_variance.numpy() * 25.0)
+    x, y = data
+    (stale,) = [f for f in diagnose(model, x, y, batch_size=32).findings if f.kind == "stale_statistics"]
+    assert "probes.reestimate_bn_statistics(model, x)" in stale.fix
+    reestimate_bn_statistics(model, x)  # the fix, with its defaults
+    accuracy = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+    assert abs(accuracy - stale.evidence["accuracy_reestimated"]) <= 1 / len(x)  # at most one example differs
+    assert accuracy > stale.evidence["accuracy_now"] + 0.05
+
+
+def test_gap_standard_error_is_over_batches_not_examples() -> None:
+    from bnbook.doctor.data_checks import _clustered
+
+    # Each batch of 8 gains all or nothing together (its examples share the batch statistics).
+    per_batch = np.repeat(np.array([1, 0, 1, 0, 1, 1, 0, 1], float), 8)
+    train, infer = per_batch, np.zeros(64)
+    gap, se, batches = _clustered(train, infer, 8)
+    naive = per_batch.std(ddof=1) / np.sqrt(64)
+    assert batches == 8 and gap == pytest.approx(0.625)
+    assert se == pytest.approx(np.repeat([1, 0, 1, 0, 1, 1, 0, 1], 1).std(ddof=1) / np.sqrt(8))
+    assert se > 2.5 * naive  # sqrt(8) times the examples' standard error
+    # the last, incomplete batch of the training-mode pass is left out of both means
+    assert _clustered(np.ones(70), np.zeros(73), 8)[2] == 8
+
+
+def _gap(causes: list[Finding], batch: int = 16) -> list[Finding]:
+    from bnbook.doctor.data_checks import _check_gap
+
+    gen = np.random.default_rng(0)
+    acc_t = (gen.uniform(size=96) < 0.9).astype(float)
+    acc_i = (gen.uniform(size=100) < 0.5).astype(float)  # 4 examples more: not in the training-mode pass
+    loss = np.ones(96), np.ones(100)
+    gain = {"accuracy_reestimated": 0.7}
+    return _check_gap((loss[0], acc_t), (loss[1], acc_i), causes, doctor.THRESHOLDS, batch, gain)
+
+
+def test_a_gap_no_finding_explains_is_a_warning_with_an_experiment_to_run() -> None:
+    (gap,) = _gap([])
+    assert gap.severity == "warning" and gap.evidence["likely_cause"] == "unknown"
+    assert "reestimate_bn_statistics(model, x_other)" in gap.fix and "held-out" in gap.fix
+    assert gap.evidence["accuracy_reestimated_on_x"] == 0.7 and gap.evidence["examples"] == 96
+    stale = Finding("stale_statistics", "warning", "bn", {}, "")
+    (explained,) = _gap([stale])
+    assert explained.severity == "error" and explained.evidence["likely_cause"] == "stale_statistics"
+    # fewer than 2 training-mode batches: no standard error over batches, said as not checked
+    (few,) = _gap([], batch=64)
+    assert few.severity == "info" and "fewer than 2" in few.evidence["not_checked"]

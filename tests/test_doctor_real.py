@@ -3,9 +3,11 @@ partial failures, static checks, any output, bad input, the report's interfaces 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import keras
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from bnbook import doctor
-from bnbook.doctor import DoctorCallback, Thresholds, diagnose, main, static_checks
+from bnbook.doctor import DoctorCallback, diagnose, main, static_checks
 from bnbook.layers import BatchNorm
 
 L = keras.layers
@@ -98,7 +100,36 @@ def test_three_of_32_broken_channels_are_found(trained: keras.Model, images: tup
     assert abs(stale.evidence["var_ratio"] - 1) < 0.5  # the median alone would hide it
     worst = {int(part.split(":")[0]) for part in stale.evidence["worst_channels"].split(", ") if ":" in part}
     assert worst == {3, 17, 30}
-    assert diagnose(model, images[0], batch_size=16, channel_fraction=0.2).problems == []  # a threshold, not a constant
+    # thresholds, not constants: the x100 channels pass a band of x200, and 3 of 32 do not reach 20 %
+    assert diagnose(model, images[0], batch_size=16, channel_broken_variance=200, channel_fraction=0.2).problems == []
+
+
+@pytest.mark.parametrize(
+    ("layer", "channels", "factor", "found"),
+    [
+        pytest.param("cnn_bn1", [17], 20.0, True, id="1 of 32 x20: broken, found"),
+        pytest.param("cnn_bn2", [5], 20.0, True, id="1 of 16 x20: broken, found"),
+        pytest.param("cnn_bn2", [5], 1 / 20, True, id="1 of 16 /20: broken, found"),
+        pytest.param("cnn_bn2", [5], 3.0, False, id="1 of 16 x3: one mild channel, not enough"),
+        pytest.param("cnn_bn1", [5], 3.0, False, id="1 of 32 x3: one mild channel, not enough"),
+        pytest.param("cnn_bn2", [2, 5, 9], 6.0, True, id="3 of 16 x6: several mild channels, found"),
+    ],
+)
+def test_one_broken_channel_is_found_whatever_the_width(
+    trained: keras.Model, images: tuple[np.ndarray, np.ndarray], layer: str, channels: list[int], factor: float, found: bool
+) -> None:
+    """Whether a channel is found depends on how far off it is, not on how many channels its layer has."""
+    assert diagnose(trained, images[0], batch_size=16).problems == []  # the trained model is clean to start with
+    model = _copy(trained)
+    bn = model.get_layer(layer)
+    variance = bn.moving_variance.numpy()
+    variance[channels] *= factor
+    bn.moving_variance.assign(variance)
+    report = diagnose(model, images[0], batch_size=16)
+    assert (layer in report.layers("stale_statistics")) is found, str(report)
+    if found:
+        (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
+        assert int(stale.evidence["worst_channels"].split(":")[0]) in channels
 
 
 def _nested(images: tuple[np.ndarray, np.ndarray], *, training_false: bool) -> tuple[keras.Model, keras.layers.Layer]:
@@ -271,8 +302,9 @@ def test_report_interfaces(trained: keras.Model, images: tuple[np.ndarray, np.nd
     assert data["complete"] is False and any("train_inference_gap" in s for s in data["not_checked"])
     assert data["counts"]["error"] >= 1
     assert {f["kind"] for f in data["findings"]} == {f.kind for f in report.findings}
-    assert "report" not in str(report).split("\n")[0] or "BN problems found" in str(report)
-    assert Thresholds.with_overrides({"gap_z": 2}).gap_z == 2
+    headline = str(report).split("\n")[0]
+    assert "BN problems found" in headline and "report incomplete" in headline  # an error, and no labels
+    assert "no BN problem found" not in str(report)
 
 
 def test_regression_gap_is_relative_to_its_standard_error(images: tuple[np.ndarray, np.ndarray]) -> None:
@@ -318,12 +350,23 @@ def test_command_line_json_fail_on_and_label_errors(tmp_path, trained: keras.Mod
     assert main([*args, "--threshold", "nonsense"]) == 2
     assert main([*args, "--threshold", "stale=1"]) == 2
     assert "unknown threshold" in capsys.readouterr().err
-    # the console script's target, and python -m
-    assert callable(doctor.cli)
-    scripts = (ROOT / "pyproject.toml").read_text()
-    assert 'bnbook-doctor = "bnbook.doctor:cli"' in scripts
+    # python -m bnbook.doctor (the package's __main__)
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run(
         [sys.executable, "-m", "bnbook.doctor", *bad], capture_output=True, text=True, env=env, timeout=300
     )
     assert run.returncode == 2 and "y holds labels outside [0, 2)" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_console_script_entry_resolves_and_runs(tmp_path, monkeypatch, capsys) -> None:
+    """pyproject's ``bnbook-doctor`` entry resolves (as the installer's wrapper does) to ``bnbook.doctor.cli``, which runs."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = importlib.metadata.EntryPoint(name="bnbook-doctor", value=scripts["bnbook-doctor"], group="console_scripts")
+    target = entry.load()  # imports the module named in the entry and reads the attribute
+    assert target is doctor.cli
+    missing = str(tmp_path / "missing.keras")
+    monkeypatch.setattr(sys, "argv", ["bnbook-doctor", missing, "--data", str(tmp_path / "missing.npz")])
+    with pytest.raises(SystemExit) as stop:
+        target()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: model file {missing!r} does not exist"

@@ -4,9 +4,13 @@ Calibration vs test. The doctor's thresholds were set on the book's 784-64-64-10
 (chapter 10) and on ``tests/test_doctor.py``'s 12-feature MLPs, plus one choice made
 before this suite existed: the per-channel band (4x the variance, one standard
 deviation of the mean, more than 5 % of the channels), chosen so that 3 of 32 broken
-channels are found in ``tests/test_doctor_real.py``'s CNN. None of the models below
-was used to choose a threshold; they were written after, each with the finding its
-break must produce, and run once with the defaults.
+channels are found in ``tests/test_doctor_real.py``'s CNN. The models below were
+written after, each with the finding its break must produce, and run with the
+defaults: out of sample for those rules. Not for three rules that came after models
+of this suite had been seen -- the ``below_bands`` rule (added in this suite's own
+commit, d1f0e7c, "found on the out-of-sample CNN"), the single broken-channel rule
+and the gap's standard error over batches (added after a review that had run this
+suite): for them this suite is calibration, and a held-out set is still to be written.
 
 Families (small inputs, few images, to keep the suite fast): a CNN channels-last
 (``cnn_last``), a CNN channels-first (``cnn_first``), a Conv1D model (``conv1d``), a
@@ -61,7 +65,7 @@ import pytest
 
 from bnbook import doctor
 from bnbook.doctor import diagnose, static_checks
-from bnbook.probes import BN_TYPES
+from bnbook.probes import BN_TYPES, reestimate_bn_statistics
 
 L = keras.layers
 N = 96
@@ -322,19 +326,19 @@ def test_transfer_overrides_and_frozen() -> None:
 # ----------------------------------------------------------------------------- keras.applications (slowest)
 
 
-def _population(model: keras.Model, x: np.ndarray) -> None:
-    """Give every BN layer the statistics of its input (so that the model starts consistent)."""
-    bns = doctor._bn_paths(model)
-    streams: dict[str, doctor._Stream] = {}
-    with doctor._recording(bns, "batch", streams):
-        model(x, training=False)
-    for path, bn in bns:
-        bn.moving_mean.assign(streams[path].mean.astype("float32"))
-        bn.moving_variance.assign(streams[path].variance.astype("float32"))
+def _population(model: keras.Model) -> None:
+    """Make the model consistent the way a user would: re-estimate on *other* images than the diagnosed ones.
+
+    With ``probes.reestimate_bn_statistics`` (the fix the doctor prints), on 64 images drawn apart
+    from the 16 that :func:`_app_report` diagnoses, so "no stale layer" afterwards is a finding
+    about sampling noise and the doctor's bands, not an identity (the doctor's own recorder on
+    the same images would give ratios of exactly 1).
+    """
+    reestimate_bn_statistics(model, _app_images(64, seed=1))  # one batch: exact after the first pass
 
 
-def _app_images(n: int = 16) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (n, 32, 32, 3)).astype("float32")
+def _app_images(n: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)).astype("float32")
 
 
 @functools.lru_cache(maxsize=None)
@@ -358,7 +362,7 @@ def test_applications_slow_mobilenetv2() -> None:
     assert len(untrained.layers("never_updated")) > 20  # statistics at (0, 1), inputs far from them
     saved = [v.numpy() for v in model.non_trainable_variables]
     try:
-        _population(model, _app_images())
+        _population(model)
         deep = [bn for _, bn in doctor._bn_paths(model)][30]
         _set(deep, "moving_variance", _nan_at(3))
         report = _app_report(model)
@@ -371,23 +375,29 @@ def test_applications_slow_mobilenetv2() -> None:
     base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
     inputs = keras.Input((32, 32, 3))
     nested = keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(base(inputs))))
-    _population(nested, _app_images())
+    base.trainable = False  # keras.io's phase 1: the doctor's fix must work on a frozen nested base
+    _population(nested)
+    assert _app_report(nested).layers("stale_statistics") == []  # statistics from other images: consistent
     for bn in [layer for layer in base.layers if isinstance(layer, BN_TYPES)][:10]:
         kept = 0.99**30  # 30 steps at momentum 0.99: 74 % of the initial values left
         bn.moving_mean.assign(bn.moving_mean.numpy() * (1 - kept))
         bn.moving_variance.assign(bn.moving_variance.numpy() * (1 - kept) + kept)
     stale = _app_report(nested).layers("stale_statistics")
     assert stale and all(path.startswith(base.name + "/") for path in stale)
+    _population(nested)  # the printed fix, on images other than the diagnosed ones
+    assert _app_report(nested).layers("stale_statistics") == []
 
 
 def test_applications_slow_resnet50() -> None:
     model = _app("resnet50")
     saved = [v.numpy() for v in model.non_trainable_variables]
     try:
-        _population(model, _app_images())
+        _population(model)
         assert _app_report(model).layers("stale_statistics") == []
         _set(model.get_layer("conv4_block3_2_bn"), "moving_variance", lambda v: v * 25.0)
         assert _app_report(model).layers("stale_statistics") == ["conv4_block3_2_bn"]
+        _population(model)  # the printed fix
+        assert _app_report(model).layers("stale_statistics") == []
     finally:
         for variable, value in zip(model.non_trainable_variables, saved):
             variable.assign(value)
@@ -397,7 +407,7 @@ def test_applications_slow_efficientnetb0() -> None:
     model = _app("efficientnetb0")
     saved = [v.numpy() for v in model.non_trainable_variables]
     try:
-        _population(model, _app_images())
+        _population(model)
         bn = model.get_layer("block4a_bn")
         _set(bn, "moving_mean", lambda v: v + 2.0 * np.sqrt(bn.moving_variance.numpy()))
         assert _app_report(model).layers("stale_statistics") == ["block4a_bn"]

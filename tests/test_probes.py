@@ -173,7 +173,12 @@ def _two_inputs():
             lambda: reestimate_bn_statistics(keras.Sequential([keras.Input((6,)), L.Dense(2)]), X), ValueError, "no BN layer", id="no BN"
         ),
         pytest.param(lambda: bn_input_variances(_nested(), X), ValueError, "nested", id="nested"),
-        pytest.param(lambda: reestimate_bn_statistics(_shared_twice(), X), ValueError, "exactly once", id="called twice"),
+        pytest.param(lambda: probed_bn_layers(_shared_twice()), ValueError, "exactly once", id="called twice"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X, batch_size=1), ValueError, "batch_size must be >= 2", id="batch 1"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X, tolerance=-1e-3), ValueError, "tolerance.*-0.001", id="tolerance < 0"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X, tolerance="small"), TypeError, "tolerance.*'small'", id="tolerance str"),
+        pytest.param(lambda: reestimate_bn_statistics(_mlp(), X, max_passes=0), ValueError, "max_passes must be >= 1", id="passes 0"),
+        pytest.param(lambda: reestimate_bn_statistics(_two_inputs(), X), ValueError, "2 inputs", id="two inputs, reestimate"),
         pytest.param(lambda: probed_bn_layers(_two_inputs()), ValueError, "single-input models.*2 inputs", id="two inputs"),
         pytest.param(
             lambda: layer_input_model(_two_inputs(), [_two_inputs().layers[-1]]), ValueError, "2 inputs", id="two inputs, probe"
@@ -404,3 +409,112 @@ def test_spread_honours_the_seed_offset(monkeypatch):
     pd.testing.assert_frame_equal(shifted, unshifted)
     monkeypatch.delenv("BNBOOK_SEED_OFFSET")
     assert not batch_statistics_spread(x, [4], n_batches=5, seed=3).equals(unshifted)
+
+
+# ----------------------------------------------------------------------------- nested and shared BN layers
+
+
+def _inference_moments(model, layers, x):
+    """Each layer's input moments in inference mode, by a prefix model (independent of the streaming code)."""
+    outputs = layer_input_model(model, layers)(x, training=False)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return [channel_moments(keras.ops.convert_to_numpy(v), layer.axis if isinstance(layer.axis, int) else layer.axis[0]) for layer, v in zip(layers, outputs)]
+
+
+def _nested_application():
+    """The keras.io transfer-learning layout: Input -> frozen MobileNetV2 base (training=False) -> head."""
+    set_up(0)
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
+    base.trainable = False
+    inputs = keras.Input((32, 32, 3))
+    features = L.GlobalAveragePooling2D()(base(inputs, training=False))
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(features)), base
+
+
+IMAGES = np.random.default_rng(8).uniform(-1, 1, (48, 32, 32, 3)).astype("float32")
+
+
+def test_reestimation_on_a_nested_frozen_application_base_gives_the_inference_statistics():
+    model, base = _nested_application()
+    layers = [layer for layer in base.layers if isinstance(layer, BN_TYPES)]
+    new = reestimate_bn_statistics(model, IMAGES, batch_size=16, tolerance=0.0)  # exact: run to the fixed point
+    assert list(new) == [f"{base.name}/{layer.name}" for layer in layers]
+    # Untrained, the statistics were (0, 1); now each is what the layer receives at inference, measured by a
+    # prefix model of the base (every BN layer of the base is top-level there), so not by the code under test.
+    for layer, (mean, variance) in zip(layers, _inference_moments(base, layers, IMAGES)):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-4 * np.sqrt(variance.max()))
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-3, atol=1e-6)
+    assert not base.trainable and all(not layer.trainable for layer in layers)  # frozen stays frozen
+
+
+def test_reestimation_in_one_batch_is_exact_after_its_first_pass(monkeypatch):
+    """With all of x in one batch, normalising with the batch's statistics *is* the inference network's:
+    the second pass only confirms (a deep untrained network in batches of 16 needs about one pass per BN layer)."""
+    from bnbook import probes
+
+    passes = []
+    original = probes._pass_statistics
+    monkeypatch.setattr(probes, "_pass_statistics", lambda *a, **k: passes.append(a[-1]) or original(*a, **k))
+    model, base = _nested_application()
+    layers = [layer for layer in base.layers if isinstance(layer, BN_TYPES)]
+    reestimate_bn_statistics(model, IMAGES)  # 48 images: one batch of the default batch_size
+    assert passes == ["batch", "inference"]
+    for layer, (mean, variance) in zip(layers, _inference_moments(base, layers, IMAGES)):
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-3, atol=1e-6)
+
+
+def test_reestimation_pools_the_calls_of_a_shared_bn_layer():
+    set_up(0)
+    inputs = keras.Input((6,))
+    shared = L.BatchNormalization(name="shared")
+    small = L.Dense(4, name="small")(inputs)
+    large = L.Rescaling(3.0)(L.Dense(4, name="large")(inputs))
+    model = keras.Model(inputs, L.Concatenate()([shared(small), shared(large)]))
+    new = reestimate_bn_statistics(model, X)
+    z_small = X @ model.get_layer("small").kernel.numpy() + model.get_layer("small").bias.numpy()
+    z_large = 3.0 * (X @ model.get_layer("large").kernel.numpy() + model.get_layer("large").bias.numpy())
+    pooled = np.concatenate([z_small, z_large])
+    np.testing.assert_allclose(new["shared"][0], pooled.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new["shared"][1], pooled.var(0), rtol=1e-4)
+    np.testing.assert_array_equal(model.get_layer("shared").moving_variance.numpy(), new["shared"][1])
+
+
+def test_reestimation_of_a_shared_bn_layer_after_another_bn_uses_its_new_statistics():
+    """bn1 feeds both calls of the shared layer: the shared statistics must be those under bn1's new ones."""
+    set_up(0)
+    inputs = keras.Input((6,))
+    h = L.BatchNormalization(name="bn1")(L.Dense(5, name="d1")(inputs))
+    shared = L.BatchNormalization(name="shared")
+    a, b = L.Dense(3, name="a")(h), L.Dense(3, name="b")(h)
+    model = keras.Model(inputs, L.Add()([shared(a), shared(b)]))
+    _randomise(model, np.random.default_rng(4))
+    reestimate_bn_statistics(model, X, tolerance=0.0)
+    z1 = X @ model.get_layer("d1").kernel.numpy() + model.get_layer("d1").bias.numpy()
+    bn1 = model.get_layer("bn1")
+    np.testing.assert_allclose(bn1.moving_variance.numpy(), z1.var(0), rtol=1e-4)
+    h = _bn_numpy(z1, bn1, z1.mean(0), z1.var(0))
+    za = h @ model.get_layer("a").kernel.numpy() + model.get_layer("a").bias.numpy()
+    zb = h @ model.get_layer("b").kernel.numpy() + model.get_layer("b").bias.numpy()
+    pooled = np.concatenate([za, zb])
+    np.testing.assert_allclose(model.get_layer("shared").moving_variance.numpy(), pooled.var(0), rtol=1e-4)
+
+
+def test_reestimation_of_a_nested_model_never_half_writes():
+    model, base = _nested_application()
+    deep = [layer for layer in base.layers if isinstance(layer, L.Conv2D)][-1]
+    kernel = deep.kernel.numpy()
+    kernel[0, 0, 0, 2] = np.inf
+    deep.kernel.assign(kernel)
+    with assert_model_unchanged(model):
+        with pytest.raises(ValueError, match=rf"BN layer '{base.name}/\w+' is not finite on x in channels \[2\]"):
+            reestimate_bn_statistics(model, IMAGES)
+
+
+def test_bn_paths_lists_nested_and_shared_layers_once():
+    from bnbook.probes import _bn_paths
+
+    model, base = _nested_application()
+    paths = [path for path, _ in _bn_paths(model)]
+    assert len(paths) == len(set(paths)) == len([layer for layer in base.layers if isinstance(layer, BN_TYPES)])
+    assert all(path.startswith(base.name + "/") for path in paths)
+    assert [path for path, _ in _bn_paths(_shared_twice())] == ["shared"]

@@ -12,19 +12,23 @@ One home for every measurement the chapters and :mod:`bnbook.doctor` make on BN 
   state) after a pass in training mode;
 - :func:`bn_variables` lists the variables, :func:`bn_input_variances` compares the
   variance of each BN input in training and inference mode with the moving variance,
-  :func:`reestimate_bn_statistics` replaces the moving statistics by exact ones, and
+  :func:`reestimate_bn_statistics` replaces the moving statistics by those of the
+  inference network, and
   :func:`batch_statistics_spread` measures how noisy batch statistics are per batch size.
 
-:func:`reestimate_bn_statistics` is Li et al.'s (2019) remedy for dropout's variance
-shift: the statistics are re-estimated for the inference network, with dropout off.
-It is not "precise BN" (Ioffe & Szegedy 2015, Algorithm 2; Wu & Johnson 2021, computed
-by hand in chapter 4), which averages the statistics of mini-batches with the BN layers in
-training mode (earlier BN layers on batch statistics). Which mode the *dropout* layers are
-in is then the user's choice (fvcore's ``update_bn_stats`` leaves every layer's mode as the
-user set it): with dropout in inference mode it too measures the inputs BN receives at
-inference; run with the whole network in training mode, dropout stays on and it stores the
-inflated variance again. Without dropout or other noise layers the two differ only in how
-the earlier BN layers normalise meanwhile.
+:func:`reestimate_bn_statistics` computes the statistics of the *inference network*:
+what each BN layer receives in inference mode, dropout off and the earlier BN layers
+normalising with their own re-estimated statistics. That is Li et al.'s (2019) remedy for
+dropout's variance shift and AdaBN's re-estimation (Li et al. 2016) on a new domain. It
+works on BN layers anywhere (nested models, shared layers) in a few forward passes for all
+layers at once. It is not "precise BN" (Ioffe & Szegedy 2015, Algorithm 2; Wu & Johnson
+2021, computed by hand in chapter 4), which averages the statistics of mini-batches passed
+with the BN layers in training mode (earlier BN layers on batch statistics). Which mode the
+*dropout* layers are in is then the user's choice (fvcore's ``update_bn_stats`` leaves every
+layer's mode as the user set it): with dropout in inference mode it too measures the inputs
+BN receives at inference; run with the whole network in training mode, dropout stays on and
+it stores the inflated variance again. Without dropout or other noise layers the two differ
+only in how the earlier BN layers normalise meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from bnbook._bn_streams import _batches, _recording, _Stream
 from bnbook._checks import check_finite, check_int, check_model, check_model_inputs, check_sequence
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import shifted
@@ -285,65 +290,217 @@ def bn_variables(model: keras.Model) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def reestimate_bn_statistics(
-    model: keras.Model, x: np.ndarray, *, batch_size: int = 500
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Set every BN layer's moving statistics to the exact ones of its input over ``x``.
+def _walk(model: keras.layers.Layer, prefix: str = "") -> list[tuple[str, keras.layers.Layer]]:
+    """Every sublayer of ``model`` with its path name, nested models and layers included (depth first)."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        found.append((prefix + layer.name, layer))
+        if not isinstance(layer, BN_TYPES):
+            found.extend(_walk(layer, prefix + layer.name + "/"))
+    return found
 
-    The statistics are re-estimated for the inference network, with dropout off
-    (Li et al.'s remedy for the variance shift, not training-mode precise BN: see the
-    module docstring). The weights stay as they are, and, layer by layer in the order
-    of ``model.layers``, each BN layer's ``moving_mean`` and ``moving_variance`` become
-    the per-channel mean and biased variance (divide by N, as Keras stores it) of that
-    layer's input over all of ``x``, computed in inference mode: dropout off, and the
-    earlier BN layers already using their re-estimated statistics. Afterwards each BN
-    layer normalises with the statistics of exactly what it receives at inference on ``x``.
+
+def _bn_paths(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    """Every BN layer once with its path (``base/block/bn``; a shared one under its first path), depth first."""
+    seen: set[int] = set()
+    found = []
+    for path, layer in _walk(model):
+        if isinstance(layer, BN_TYPES) and id(layer) not in seen:
+            seen.add(id(layer))
+            found.append((path, layer))
+    return found
+
+
+def _pass_statistics(
+    model: keras.Model, bns: list[tuple[str, keras.layers.Layer]], x: np.ndarray, slices: list[slice], mode: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One pass over ``x`` with dropout off: each BN input's mean and biased variance (float64).
+
+    ``mode="batch"``: every BN layer normalises with its batch's statistics (whatever its
+    moving ones); ``"inference"``: with its moving statistics. Raises ValueError (nothing
+    assigned here) for a layer that was not called, receives a mask, or whose input is
+    not finite.
+    """
+    streams: dict[str, _Stream] = {}
+    with _recording(bns, mode, streams):
+        for part in slices:
+            model(x[part], training=False)
+    found = {}
+    for path, _ in bns:
+        stream = streams.get(path)
+        if stream is None or stream.count == 0 or stream.mean is None:
+            raise ValueError(f"BN layer {path!r} was not called on x: its statistics cannot be re-estimated")
+        if stream.masked:
+            raise ValueError(
+                f"BN layer {path!r} receives a mask (Masking, Embedding(mask_zero=True)): its masked statistics "
+                "are not re-estimated here; the model was left as it was"
+            )
+        mean, variance = stream.mean, stream.variance
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(variance))).tolist()
+        if bad:  # e.g. an overflow, or NaN weights upstream: nothing is written
+            listed = f"{bad}" if len(bad) <= 8 else f"{bad[:8]} ... ({len(bad)} of {len(mean)})"
+            hint = (
+                " (in inference mode with the previous pass's statistics: an untrained or diverging deep network "
+                "can overflow when its first pass used several batches; pass all of x in one batch, "
+                "batch_size >= len(x), to make the first pass exact)"
+                if mode == "inference"
+                else ""
+            )
+            raise ValueError(
+                f"the input of BN layer {path!r} is not finite on x in channels {listed}{hint}: "
+                "check the weights before it; the model was left as it was"
+            )
+        found[path] = (mean, variance)
+    return found
+
+
+def _assign_statistics(bns: list[tuple[str, keras.layers.Layer]], stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    for path, layer in bns:
+        mean, variance = stats[path]
+        for variable, values in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            values = np.asarray(values).astype(keras.backend.standardize_dtype(variable.dtype))
+            if not np.isfinite(values).all():  # e.g. a variance above float16's 65504
+                raise ValueError(
+                    f"the statistics of BN layer {path!r} do not fit its {variable.dtype} variables "
+                    "(use the mixed_float16 policy, whose BN variables are float32); the model was left as it was"
+                )
+            variable.assign(values)
+
+
+def _statistics_change(
+    old: dict[str, tuple[np.ndarray, np.ndarray]], new: dict[str, tuple[np.ndarray, np.ndarray]], epsilons: dict[str, float]
+) -> float:
+    """The largest change of any channel: mean in standard deviations, variance as |log ratio|."""
+    change = 0.0
+    for path, (mean, variance) in new.items():
+        old_mean, old_variance = old[path]
+        eps = epsilons[path]
+        change = max(
+            change,
+            float(np.max(np.abs(mean - old_mean) / np.sqrt(variance + eps), initial=0.0)),
+            float(np.max(np.abs(np.log((variance + eps) / (old_variance + eps))), initial=0.0)),
+        )
+    return change
+
+
+def _reestimate(
+    model: keras.Model,
+    bns: list[tuple[str, keras.layers.Layer]],
+    x: np.ndarray,
+    slices: list[slice],
+    tolerance: float,
+    max_passes: int,
+    first: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, float]:
+    """The passes of :func:`reestimate_bn_statistics` (shared with :func:`bnbook.doctor.diagnose`).
+
+    Assigns the statistics of every pass (the caller restores the model if it must).
+    ``first``: the batch-mode pass's statistics, when the caller has them already.
+    Returns the final statistics (assigned), the number of passes and the last change.
+    """
+    stats = first if first is not None else _pass_statistics(model, bns, x, slices, "batch")
+    epsilons = {path: float(layer.epsilon) for path, layer in bns}
+    passes, change = 1, float("inf")
+    while passes < max_passes:
+        _assign_statistics(bns, stats)
+        new = _pass_statistics(model, bns, x, slices, "inference")
+        passes += 1
+        change = _statistics_change(stats, new, epsilons)
+        stats = new
+        if change <= tolerance:
+            break
+    _assign_statistics(bns, stats)
+    return stats, passes, change
+
+
+def reestimate_bn_statistics(
+    model: keras.Model,
+    x: np.ndarray,
+    *,
+    batch_size: int = 256,
+    tolerance: float = 1e-3,
+    max_passes: int | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Set every BN layer's moving statistics to those of its input in the inference network on ``x``.
+
+    The target (Li et al.'s 2019 remedy for the variance shift, and AdaBN's
+    re-estimation): each BN layer's ``moving_mean`` and ``moving_variance`` become the
+    per-channel mean and biased variance (divide by N, as Keras stores it) of what the
+    layer receives over all of ``x`` in *inference mode* -- dropout off and the earlier
+    BN layers normalising with their own re-estimated statistics. The weights stay as
+    they are. It is not "precise BN" (training-mode batches: see the module docstring).
+
+    How, in a few forward passes over ``x`` for all layers at once (no model per layer):
+    the first pass (dropout off) normalises every BN layer with the statistics of its
+    batch of ``batch_size`` and records each BN input's moments; each further pass runs
+    in inference mode with the statistics of the previous pass and records them again.
+    A layer's statistics are exact once those of every BN layer before it are, so after
+    as many passes as the longest chain of BN layers they are exact; the passes stop
+    earlier when one changes no channel by more than ``tolerance`` (the mean in
+    standard deviations, the variance as ``|log ratio|``, epsilon included). When all of
+    ``x`` fits one batch (fewer than ``2 * batch_size`` examples), the first pass
+    normalises with the statistics of all of ``x``, which are exactly the inference
+    network's, and a second pass confirms it: 2 passes. In smaller batches a deep
+    network may need up to one pass per BN layer (an untrained MobileNetV2 in batches
+    of 16: 49 passes), so give it a few hundred examples and the default batch size.
+
+    Works on BN layers anywhere in the model (nested models at any depth, e.g. a
+    ``keras.applications`` base inside a functional model, whether ``trainable`` or
+    not; ``keras.layers.BatchNormalization``, :class:`bnbook.layers.BatchNorm` and
+    subclasses). A BN layer called several times per forward pass (shared) gets the
+    statistics of all its calls pooled, the only values one set of moving statistics
+    can hold.
 
     Args:
-        model: A single-input Keras model with top-level BN layers.
+        model: A built single-input Keras model with at least one BN layer.
         x: Model inputs, e.g. the training images; at least 2 examples.
-        batch_size: Examples per forward pass (memory only: inference mode does not
-            depend on it).
+        batch_size: Examples per forward pass, >= 2 (memory and speed: with all of
+            ``x`` in one batch the first pass is already exact; see above).
+        tolerance: Stop when a pass changes no statistic by more than this (> 0 ... or
+            0: run ``max_passes`` passes unless one changes nothing).
+        max_passes: At most this many passes (>= 1; 1 keeps the batch-normalised
+            first pass); None: the number of BN layers plus one, enough for exact
+            statistics.
 
     Returns:
-        ``{layer name: (moving_mean, moving_variance)}``, the new values as float32
-        arrays, in layer order.
+        ``{layer path: (moving_mean, moving_variance)}``, the new values as float32
+        arrays (the variables' dtype), depth-first; the path is the layer's name for a
+        top-level layer, ``"base/bn"`` for one inside the nested model ``base``.
 
     Raises:
         TypeError: ``model`` is not a Keras model, ``x`` not a NumPy array (or integer
-            where the model takes floats: convert 0-255 images first), or ``batch_size``
-            not an int.
-        ValueError: As :func:`probed_bn_layers`, fewer than 2 examples, NaN or inf in
-            ``x`` or in a BN layer's input, or ``batch_size`` < 1. Nothing is written
-            then: the model is left as it was.
+            where the model takes floats: convert 0-255 images first), ``batch_size``
+            or ``max_passes`` not an int, ``tolerance`` not a number.
+        ValueError: No BN layer, several model inputs, fewer than 2 examples, NaN or inf
+            in ``x`` or in a BN layer's input, a BN layer that receives a mask or is not
+            called, statistics that do not fit float16 variables, ``batch_size`` < 2,
+            ``tolerance`` < 0 or ``max_passes`` < 1. Nothing is written then: the
+            model is left as it was.
     """
-    layers = probed_bn_layers(model)
+    check_model(model)
+    bns = _bn_paths(model)
+    if not bns:
+        raise ValueError("the model has no BN layer (keras.layers.BatchNormalization or bnbook.layers.BatchNorm)")
+    if len(model.inputs) != 1:
+        raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
     x, batch_size = _check_data(model, x, batch_size)
-    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
-    new: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (the first pass normalises with batch statistics), got {batch_size}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tolerance must be a number, got {tolerance!r}")
+    if not 0 <= float(tolerance) < float("inf"):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    max_passes = len(bns) + 1 if max_passes is None else check_int(max_passes, "max_passes", minimum=1)
+    slices = _batches(len(x), batch_size, drop_last=False)
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for _, layer in bns]
     try:
-        for layer in layers:
-            probe = layer_input_model(model, [layer])
-            moments = _Moments()
-            for start in range(0, len(x), batch_size):
-                (values,) = _outputs(probe, x[start : start + batch_size], training=False)
-                moments.add(_channel_rows(values, layer.axis))
-            mean, variance = moments.mean.astype(np.float32), moments.variance.astype(np.float32)
-            bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(variance))).tolist()
-            if bad:  # e.g. an overflow, or NaN weights upstream: nothing is written
-                raise ValueError(
-                    f"the input of BN layer {layer.name!r} is not finite on x in channels {bad}: "
-                    "check the weights before it; the model was left as it was"
-                )
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
-            new[layer.name] = (mean, variance)
+        _reestimate(model, bns, x, slices, float(tolerance), max_passes)
     except BaseException:  # never leave the model half re-estimated
-        for layer, (mean, variance) in zip(layers, saved):
+        for (_, layer), (mean, variance) in zip(bns, saved):
             layer.moving_mean.assign(mean)
             layer.moving_variance.assign(variance)
         raise
-    return new
+    return {path: (layer.moving_mean.numpy(), layer.moving_variance.numpy()) for path, layer in bns}
 
 
 def bn_input_variances(model: keras.Model, x: np.ndarray, *, batch_size: int = 64) -> pd.DataFrame:

@@ -1,0 +1,192 @@
+"""The entry points :func:`diagnose` (every check, on data) and :func:`static_checks` (no data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from bnbook import probes
+from bnbook._checks import check_int, check_model
+from bnbook.doctor.arguments import _check_arguments
+from bnbook.doctor.data_checks import _check_dropout, _check_gap, _check_inputs, _check_statistics
+from bnbook.doctor.evidence import _FIX, _info
+from bnbook.doctor.findings import Finding, Report, _sorted
+from bnbook.doctor.graph import _bn_paths, _dropout_upstream
+from bnbook.doctor.scoring import _paired
+from bnbook.doctor.static import _check_static
+from bnbook.doctor.streaming import _batches, _recording, _run, _Stream
+from bnbook.doctor.thresholds import Thresholds
+
+#: The re-estimation whose gain the doctor measures stops when a pass changes no statistic by more than
+#: this (probes.reestimate_bn_statistics's default is 1e-3: the accuracies differ by far less than a point).
+REESTIMATION_TOLERANCE = 1e-2
+#: ...or after this many passes (the population pass included). With ``x`` in one pass batch (fewer than
+#: 2 * pass_size examples) the second pass already confirms exact statistics; in several batches a deep
+#: network can need more, and the gain is then measured on statistics within a few passes of the fix's.
+REESTIMATION_PASSES = 4
+
+def static_checks(model: keras.Model, *, batch_size: int | None = None, **thresholds: float) -> Report:
+    """The checks that need no data (variables, hyperparameters, graph, optimizer, batch size).
+
+    ``non_finite`` variables, ``pytorch_momentum``, ``large_epsilon``,
+    ``float16_statistics``, ``training_false_override``, ``frozen_but_training``,
+    ``weight_ema``, ``small_batch``, ``redundant_bias`` and ``foldable``. The data
+    checks are listed as not run, so the headline says the report is incomplete.
+
+    Raises:
+        TypeError: As :func:`diagnose`.
+        ValueError: As :func:`diagnose`.
+    """
+    check_model(model)
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built: give it an Input or call it on data first")
+    t = Thresholds.with_overrides(thresholds)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+    bns = _bn_paths(model)
+    findings = _check_static(model, bns, batch_size, t) if bns else []
+    if bns:
+        for kind in ("never_updated", "stale_statistics", "train_inference_gap"):
+            findings.append(_info(kind, None, "static checks only: no data x"))
+    return Report(_sorted(findings), model.name, 0)
+
+
+def diagnose(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    batch_size: int | None = None,
+    output: int | str | None = None,
+    pass_size: int = 128,
+    seed: int = 0,
+    **thresholds: float,
+) -> Report:
+    """Diagnose every BN layer of ``model`` on a sample ``x`` (and labels ``y``) of its training data.
+
+    Args:
+        model: A built single-input Keras model (Sequential, Functional, subclassed
+            with an ``Input``), BN layers anywhere in it: nested models at any depth,
+            ``keras.applications`` bases, shared layers,
+            ``keras.layers.BatchNormalization`` and :class:`bnbook.layers.BatchNorm`.
+        x: Training inputs, shape ``(N, *input shape)``, N >= 2, finite (a few
+            hundred examples; integer images are cast to the model's float input,
+            as ``fit`` does, with an ``input_cast`` note).
+        y: Labels for the chosen output, or None (the checks that need labels then
+            say so): integer classes ``(N, ...)`` in ``[0, classes)``, one-hot rows of
+            the output's shape, 0/1 for a one-unit (sigmoid or logit) output, or
+            regression targets of the output's shape. Segmentation and sequence
+            outputs ``(N, ..., classes)`` take labels ``(N, ...)``.
+        batch_size: The batch size the model was trained with (Keras does not
+            record it), used by ``small_batch`` and for the training-mode pass;
+            None: 32 for that pass, and ``small_batch`` is not checked.
+        output: For a model with several outputs, the one ``y`` labels (index or
+            name); None: the first, with an ``output_choice`` note.
+        pass_size: Examples per forward pass of the statistics passes (memory only;
+            the population pass normalises each BN layer with its batch, so at least
+            2; larger is more exact).
+        seed: Seed of the permutation applied to ``x`` (and ``y``) before the
+            training-mode pass (a class-sorted sample would bias batch statistics).
+        **thresholds: Overrides of :class:`Thresholds` (names and defaults in the
+            module docstring), e.g. ``channel_fraction=0.1``.
+
+    Returns:
+        A :class:`Report`. The model is left as it was (its moving statistics and
+        random-generator states are restored after the passes).
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, ``x``/``y`` not NumPy arrays of
+            numbers, an int argument of another type, an unknown threshold.
+        ValueError: The model is not built or has several inputs; ``x`` is empty,
+            of the wrong shape or non-finite; ``y`` has another length than ``x``,
+            labels outside ``[0, classes)``, one-hot labels for a one-unit output or
+            a shape that fits no reading of the output; ``output`` is not one of the
+            model's outputs; ``batch_size`` < 1 or ``pass_size`` < 2; a threshold <= 0.
+    """
+    t, batch_size, pass_size, seed, x, cast_note, index, output_note, target = _check_arguments(
+        model, x, y, batch_size, output, pass_size, seed, thresholds
+    )
+    order = np.random.default_rng(seed).permutation(len(x))
+    x = x[order]
+    y = None if y is None else y[order]
+
+    report = Report([], model.name, len(x))
+    bns = _bn_paths(model)
+    if not bns:
+        report.findings.append(
+            Finding("foldable", "info", None, {"BN layers": 0}, "nothing to diagnose: the model has no BN layer")
+        )
+        return report
+    findings = _check_static(model, bns, batch_size, t)
+    if cast_note:
+        findings.append(Finding("input_cast", "info", None, {"x": cast_note}, _FIX["input_cast"]))
+    if output_note:
+        findings.append(Finding("output_choice", "info", None, {"output": output_note}, _FIX["output_choice"]))
+    dropout_fed = {path: d for path, bn in bns if (d := _dropout_upstream(bn)) is not None}
+
+    stats_slices = _batches(len(x), pass_size, drop_last=False)
+    population: dict[str, _Stream] = {}
+    inference: dict[str, _Stream] = {}
+    training: dict[str, _Stream] = {}
+    with probes.unchanged_state(model):
+        with _recording(bns, "batch", population):
+            _run(model, x, stats_slices, False, index, None, None)
+        with _recording(bns, "inference", inference):
+            infer = _run(model, x, stats_slices, False, index, y, target)[:2]
+        train: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if y is not None or dropout_fed:
+            train_slices = _batches(len(x), batch_size or 32, drop_last=True)
+            with _recording(bns, "training", training):
+                train = _run(model, x, train_slices, True, index, y, target)[:2]
+        gain: dict[str, Any] = {}
+        significant = harmful = False
+        if y is not None:
+            # The fix the findings name, probes.reestimate_bn_statistics, whose first pass is the population
+            # pass above; a masked layer keeps its own statistics (its streamed ones include padding).
+            usable = [
+                (path, bn)
+                for path, bn in bns
+                if path in population
+                and population[path].mean is not None
+                and not population[path].masked
+                and np.isfinite(population[path].mean).all()
+                and np.isfinite(population[path].variance).all()
+            ]
+            first = {path: (population[path].mean, population[path].variance) for path, _ in usable}
+            try:
+                probes._reestimate(model, usable, x, stats_slices, REESTIMATION_TOLERANCE, REESTIMATION_PASSES, first)
+            except ValueError:  # an inference-mode pass met a non-finite input: keep the batch-normalised pass
+                probes._assign_statistics(usable, first)
+            loss1, acc1 = _run(model, x, stats_slices, False, index, y, target)[:2]
+            loss0, acc0 = infer
+            assert loss0 is not None and loss1 is not None
+            gain = {"loss_now": float(loss0.mean()), "loss_reestimated": float(loss1.mean())}
+            if acc0 is not None and acc1 is not None:
+                diff, se = _paired(acc1, acc0)
+                gain.update(accuracy_now=float(acc0.mean()), accuracy_reestimated=float(acc1.mean()))
+                significant = diff > t.gap_min and diff > t.gap_z * se
+                harmful = gain["loss_reestimated"] > gain["loss_now"] and diff <= 0
+            else:
+                diff, se = _paired(loss0, loss1)
+                significant = gain["loss_now"] > t.gap_loss_ratio * gain["loss_reestimated"] and diff > t.gap_z * se
+                harmful = gain["loss_reestimated"] > gain["loss_now"]
+    for path, _ in bns:
+        calls = inference[path].calls / max(len(stats_slices), 1) if path in inference else 0
+        if calls > 1:
+            evidence = {"calls_per_forward_pass": round(calls, 2), "statistics": "pooled over its calls"}
+            findings.append(Finding("shared_layer", "info", path, evidence, _FIX["shared_layer"]))
+    findings += _check_inputs(bns, inference)
+    explained = any(f.kind == "non_finite" for f in findings)  # re-estimation's gain is then the NaN's
+    stat_findings, rows = _check_statistics(
+        bns, population, training, dropout_fed, gain, significant, harmful, t, explained, integer_x=cast_note is not None
+    )
+    findings += stat_findings
+    findings += _check_dropout(rows, dropout_fed, t)
+    if y is None:
+        findings.append(_info("train_inference_gap", None, "no labels y given"))
+    else:
+        findings += _check_gap(train, infer, findings, t, min(batch_size or 32, len(x)), gain)
+    report.findings = _sorted(findings)
+    return report
