@@ -339,3 +339,15 @@ def test_a_diverged_run_scores_infinite_loss_and_is_never_chosen(small_data):
     assert choose_rates(table).loc["bn", "learning_rate"] == 0.05
     alone_run = last_rows(train_parallel({"bn": net(bn=False)}, [0], train, validation=val, epochs=1, batch_size=32))
     assert ends.loc[("bn", 0.05, 0), "val_loss"] == pytest.approx(alone_run.loc[("bn", 0.05, 0), "val_loss"], abs=2e-4)
+
+
+def test_steps_per_execution_takes_the_same_steps(small_data):
+    # 400 images in batches of 32: 12 full batches and a last one of 16, so calls of 5 steps
+    # end early at the epoch's last full batch and the small batch runs alone.
+    train, val, test = small_data
+    kwargs = {"validation": val, "test": test, "epochs": 2, "batch_size": 32, "learning_rates": [0.01, 0.1]}
+    one = last_rows(train_parallel({"bn": net()}, [0, 1], train, **kwargs))
+    five = last_rows(train_parallel({"bn": net()}, [0, 1], train, steps_per_execution=5, **kwargs))
+    assert np.allclose(one.to_numpy(float), five.to_numpy(float), atol=2e-5)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        train_parallel({"bn": net()}, [0], train, steps_per_execution=0, **kwargs)
