@@ -413,3 +413,15 @@ def test_noise_before_bn_draws_each_seeds_own_noise_as_alone(small_data, noise):
         for s in (0, 1)
     ]
     assert seeds_state[0] and not np.array_equal(seeds_state[0][0], seeds_state[1][0])  # each seed its own generator
+
+
+def test_steps_per_execution_takes_the_same_steps(small_data):
+    # 400 images in batches of 32: 12 full batches and a last one of 16, so calls of 5 steps
+    # end early at the epoch's last full batch and the small batch runs alone.
+    train, val, test = small_data
+    kwargs = {"validation": val, "test": test, "epochs": 2, "batch_size": 32, "learning_rates": [0.01, 0.1]}
+    one = last_rows(train_parallel({"bn": net()}, [0, 1], train, **kwargs))
+    five = last_rows(train_parallel({"bn": net()}, [0, 1], train, steps_per_execution=5, **kwargs))
+    assert np.allclose(one.to_numpy(float), five.to_numpy(float), atol=2e-5)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        train_parallel({"bn": net()}, [0], train, steps_per_execution=0, **kwargs)

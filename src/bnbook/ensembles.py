@@ -254,8 +254,7 @@ class _StackedTrainer:
         x_spec = tf.TensorSpec((k, None, *x.shape[1:]), tf.as_dtype(x.dtype))
         y_spec = tf.TensorSpec((k, None, *y.shape[1:]), tf.as_dtype(y.dtype))
 
-        @tf.function(input_signature=[x_spec, y_spec])  # one trace, the last smaller batch included
-        def step(x: tf.Tensor, y: tf.Tensor) -> None:
+        def one_step(x: tf.Tensor, y: tf.Tensor) -> None:
             weights = [v.value for v in self.trainable]
             with tf.GradientTape() as tape:
                 tape.watch(weights)
@@ -267,6 +266,14 @@ class _StackedTrainer:
             for variable, value in zip(self.non_trainable, new_states):
                 variable.assign(value)
 
+        step = tf.function(one_step, input_signature=[x_spec, y_spec])  # one trace, the last smaller batch included
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *x_spec.shape), x_spec.dtype), tf.TensorSpec((None, *y_spec.shape), y_spec.dtype)])
+        def steps(xs: tf.Tensor, ys: tf.Tensor) -> None:
+            # Several steps in one call (steps_per_execution): the same step, in order, without Python in between.
+            for i in tf.range(tf.shape(xs)[0]):
+                one_step(xs[i], ys[i])
+
         @tf.function(input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))])
         def predict(x: tf.Tensor) -> tf.Tensor:
             def one(args: tuple) -> tf.Tensor:
@@ -275,10 +282,17 @@ class _StackedTrainer:
 
             return tf.vectorized_map(one, ([v.value for v in self.trainable], list(self.non_trainable)))
 
-        self._step, self._predict = step, predict
+        self._step, self._steps, self._predict = step, steps, predict
 
     def step(self, x: np.ndarray, y: np.ndarray) -> None:
         self._step(x, y)
+
+    def steps(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        """Take ``len(xs)`` steps, on batches of equal size, in one call."""
+        if len(xs) == 1:
+            self._step(xs[0], ys[0])
+        else:
+            self._steps(xs, ys)
 
     def scores(self, x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
         probs = np.concatenate([np.asarray(self._predict(x[i : i + 1000])) for i in range(0, len(x), 1000)], axis=1)
@@ -302,6 +316,7 @@ def train_parallel(
     batch_size: int = 64,
     learning_rates: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     evaluate_every: int | None = None,
+    steps_per_execution: int = 1,
     models: dict[tuple[str, float, int], keras.Model] | None = None,
 ) -> pd.DataFrame:
     """Train every variant, at every learning rate, with every seed, as branches of one model.
@@ -324,6 +339,10 @@ def train_parallel(
         evaluate_every: Score the validation data every this many steps (it must divide
             the steps of an epoch evenly or not: evaluation also happens at every epoch's
             end); ``None``: at the end of every epoch only.
+        steps_per_execution: Training steps run in one call of the traced step (as Keras's
+            ``compile(steps_per_execution=...)``), >= 1: the same steps in the same order, with
+            fewer Python round trips, which is what small batches cost; the batches of one call
+            are gathered at once (memory: this many batches of every branch).
         models: A dict to receive the trained models, keyed ``(variant, learning_rate, seed)``:
             each variant's own model, whose variables the branch trained.
 
@@ -374,6 +393,8 @@ def train_parallel(
         raise TypeError(f"models must be a dict to fill, or None; got {type(models).__name__}")
     steps_per_epoch = -(-len(x_fit) // batch_size)
     chunk_steps = steps_per_epoch if evaluate_every is None else check_int(evaluate_every, "evaluate_every", minimum=1)
+    per_call = check_int(steps_per_execution, "steps_per_execution", minimum=1)
+    full_batches = len(x_fit) // batch_size  # batches of an epoch at full size (the last one may be smaller)
     grid = _rates_per_variant(variants, learning_rates)
 
     # Build every branch right after set_up(seed): the initialisation the run would have alone.
@@ -456,9 +477,14 @@ def train_parallel(
             orders = np.stack([epoch_order(seed, epoch, len(x_fit)) for seed in seeds])[seed_of]
             for start in range(0, steps_per_epoch, chunk_steps):
                 stop = min(start + chunk_steps, steps_per_epoch)
-                for batch in range(start, stop):
-                    index = orders[:, batch * batch_size : (batch + 1) * batch_size]
-                    trainer.step(x_fit[index], y_fit[index])
+                batch = start
+                while batch < stop:
+                    # Full-size batches go per_call at a time; a smaller last batch goes alone.
+                    count = 1 if batch >= full_batches else min(per_call, stop - batch, full_batches - batch)
+                    index = orders[:, batch * batch_size : (batch + count) * batch_size]
+                    index = index.reshape(len(group), count, -1).transpose(1, 0, 2)  # (steps, branches, batch)
+                    trainer.steps(x_fit[index], y_fit[index])
+                    batch += count
                 step = epoch * steps_per_epoch + stop
                 for i, (loss, accuracy) in zip(group, trainer.scores(x_val, y_val)):
                     rows.append(
