@@ -206,13 +206,19 @@ def test_sd_upper_bound_is_the_chi_square_bound_and_covers_the_true_sd():
 def test_expected_calibration_error_by_hand():
     from bnbook.stats import expected_calibration_error
 
-    # Two bins: confidences 0.9, 0.9 (one right) -> |0.5 - 0.9| ; 0.3, 0.3 ... with 3 classes
-    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.3, 0.4, 0.3]])
-    labels = np.array([0, 1, 0, 1])
-    # n_bins=2: the first two in [0.5, 1] (accuracy 0.5, confidence 0.9), the last two in
-    # [0, 0.5) (accuracy 1, confidence 0.4): 0.5 * 0.4 + 0.5 * 0.6 = 0.5
-    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.5)
-    # A confidence of exactly 1 goes into the last bin; a perfectly calibrated certain model scores 0.
+    # Three classes, two bins of unequal size, so that the weighting by bin share matters:
+    # three examples at confidence 0.9 (one right), one at confidence 0.4 (right).
+    probs = np.array([[0.9, 0.05, 0.05]] * 3 + [[0.4, 0.3, 0.3]])
+    labels = np.array([0, 1, 2, 0])
+    # n_bins=2: bin [0.5, 1] holds 3 examples (accuracy 1/3, confidence 0.9), bin [0, 0.5)
+    # holds 1 (accuracy 1, confidence 0.4): 0.75 * (0.9 - 1/3) + 0.25 * 0.6 = 0.575
+    # (an unweighted mean of the bin gaps would give 0.5833).
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.575)
+    # A confidence of exactly 1 goes into the last bin [14/15, 1], together with the other
+    # confident examples: 1.0 (wrong), 0.96 and 0.94 (right) -> accuracy 2/3, confidence
+    # 0.9667, ECE 0.3. In a bin of its own, 1.0 would give 1/3 * 1 + 2/3 * 0.05 = 0.3667.
+    certain = np.array([[0.0, 1.0], [0.96, 0.04], [0.94, 0.06]])
+    assert expected_calibration_error(certain, np.array([0, 0, 0])) == pytest.approx(2.9 / 3 - 2 / 3)
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
 
 
