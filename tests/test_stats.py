@@ -84,6 +84,21 @@ def test_interval_and_p_value_match_the_textbook_formulas(confidence, t_quantile
     assert compare_paired([-v for v in VALUES], confidence=confidence).verdict == "b better"
 
 
+def test_for_a_loss_the_lower_value_wins():
+    # Test losses a - b: a lower on 8 seeds, higher on 1, equal on 1. With accuracy's
+    # reading these would be "b better"; for a loss a is the better one.
+    loss = compare_paired([-v for v in VALUES], higher_is_better=False)
+    assert loss.verdict == "a better" and (loss.wins, loss.losses, loss.ties) == (8, 1, 1)
+    assert loss.mean < 0 and loss.high < 0  # the interval keeps the sign of a - b
+    assert loss.higher_is_better is False
+    assert compare_paired(VALUES, higher_is_better=False).verdict == "b better"
+    # Equivalence and the interval do not depend on the direction.
+    small = np.linspace(-0.001, 0.001, 10)
+    assert compare_paired(small, margin=0.005, higher_is_better=False).verdict == "equivalent"
+    up, down = compare_paired(VALUES), compare_paired(VALUES, higher_is_better=False)
+    assert (up.low, up.high, up.p) == (down.low, down.high, down.p)
+
+
 def test_a_wider_confidence_gives_a_wider_interval():
     narrow, wide = compare_paired(VALUES, confidence=0.8), compare_paired(VALUES, confidence=0.99)
     assert wide.low < narrow.low < narrow.high < wide.high
@@ -124,6 +139,7 @@ def test_verdicts_need_enough_seeds_and_a_margin_for_equivalence():
         ({"differences": [0.1, 0.2], "margin": 0}, ValueError, "margin"),
         ({"differences": [0.1, 0.2], "margin": "1"}, TypeError, "margin"),
         ({"differences": [0.1, 0.2], "confidence": 1.5}, ValueError, "confidence"),
+        ({"differences": [0.1, 0.2], "higher_is_better": "no"}, TypeError, "higher_is_better must be True or False, got 'no'"),
     ],
 )
 def test_bad_input(kwargs, error, match):

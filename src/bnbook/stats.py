@@ -84,8 +84,9 @@ class PairedComparison(dict):
 
     Keys: ``n`` (seeds), ``mean``, ``std`` (of the per-seed differences), ``low``/``high``
     (the two-sided confidence interval of the mean, Student's t), ``p`` (two-sided paired
-    t-test), ``wins``/``losses``/``ties`` (seeds where the difference is > 0, < 0, == 0),
-    ``margin`` (the equivalence margin, or None) and ``verdict``, one of
+    t-test), ``wins``/``losses``/``ties`` (seeds where ``a`` is better, worse, equal: the
+    difference is > 0, < 0, == 0, or the reverse with ``higher_is_better=False``),
+    ``higher_is_better``, ``margin`` (the equivalence margin, or None) and ``verdict``, one of
     ``"exploratory"`` (fewer than :data:`MIN_SEEDS_FOR_VERDICT` seeds), ``"a better"``,
     ``"b better"`` (the interval excludes 0), ``"equivalent"`` (the interval lies inside
     ``(-margin, margin)``) or ``"inconclusive"``.
@@ -126,22 +127,28 @@ def compare_paired(
     *,
     margin: float | None = None,
     confidence: float = 0.95,
+    higher_is_better: bool = True,
 ) -> PairedComparison:
     """Summarise per-seed paired differences: mean, confidence interval, p-value, verdict.
 
     Args:
-        differences: One difference per seed (e.g. from :func:`paired_differences`).
+        differences: One difference ``a - b`` per seed (e.g. from :func:`paired_differences`).
         margin: The equivalence margin, stated in advance with its reason, in the units
             of ``differences``; ``None``: no equivalence verdict is possible.
         confidence: Level of the interval, in (0, 1).
+        higher_is_better: ``True`` for a metric such as accuracy; ``False`` for one such as
+            a loss or a calibration error, where the lower value is the better. It decides
+            which sign of the interval reads ``"a better"`` and which seeds count as
+            ``wins`` (seeds where ``a`` is better) and ``losses``; the mean and the
+            interval keep the sign of ``a - b``.
 
     Returns:
         A :class:`PairedComparison`.
 
     Raises:
         TypeError: ``differences`` is not numeric, is a table of several columns or a 2-D
-            array (e.g. both variants' accuracies: pass their difference instead), or
-            ``margin``/``confidence`` not a number.
+            array (e.g. both variants' accuracies: pass their difference instead),
+            ``margin``/``confidence`` not a number, or ``higher_is_better`` not a bool.
         ValueError: Fewer than 2 differences, a non-finite one, ``margin <= 0`` or
             ``confidence`` outside (0, 1).
     """
@@ -155,6 +162,8 @@ def compare_paired(
     for name, value in (("margin", margin), ("confidence", confidence)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))):
             raise TypeError(f"{name} must be a number, got {value!r}")
+    if not isinstance(higher_is_better, (bool, np.bool_)):
+        raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
     if margin is not None and not margin > 0:
         raise ValueError(f"margin must be > 0 (or None), got {margin}")
     if not 0 < confidence < 1:
@@ -164,11 +173,13 @@ def compare_paired(
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
     low, high = mean - half, mean + half
     p = 1.0 if std == 0 and mean == 0 else (0.0 if std == 0 else float(stats.ttest_1samp(values, 0.0).pvalue))
+    sign = 1.0 if higher_is_better else -1.0
+    better_low, better_high = sorted((sign * low, sign * high))  # the interval of "how much better a is"
     if n < MIN_SEEDS_FOR_VERDICT:
         verdict = "exploratory"
-    elif low > 0:
+    elif better_low > 0:
         verdict = "a better"
-    elif high < 0:
+    elif better_high < 0:
         verdict = "b better"
     elif margin is not None and -margin < low and high < margin:
         verdict = "equivalent"
@@ -181,11 +192,12 @@ def compare_paired(
         low=low,
         high=high,
         p=p,
-        wins=int(np.sum(values > 0)),
-        losses=int(np.sum(values < 0)),
+        wins=int(np.sum(sign * values > 0)),
+        losses=int(np.sum(sign * values < 0)),
         ties=int(np.sum(values == 0)),
         margin=None if margin is None else float(margin),
         confidence=float(confidence),
+        higher_is_better=bool(higher_is_better),
         verdict=verdict,
     )
 
