@@ -5,6 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
+# Notebooks nbval runs at once (pytest-xdist, one notebook per worker, in a kernel of its own).
+# The book's small models are bound by per-step dispatch (one Python thread at 100 %, TensorFlow's
+# compute threads near 25 %), so two notebooks on two cores take about half the wall time of one
+# after the other, each about as long as alone. NBVAL_JOBS=1: one after the other.
+NBVAL_JOBS ?= 2
+nbval_jobs = $(if $(filter-out 1,$(NBVAL_JOBS)),-n $(NBVAL_JOBS) --dist loadfile)
 
 .PHONY: book test lint unit nbval site execute robustness clean
 
@@ -36,7 +42,7 @@ test: $(STAMP) $(LINT_STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/site -q $(call junit,unit) || status=1; \
 	echo "== 3/4 nbval (strict) on every chapter"; \
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q $(call junit,nbval) || status=1; \
+	  --nbval-current-env --nbval-cell-timeout=900 -p tests.nbval_plugin -q $(nbval_jobs) $(call junit,nbval) || status=1; \
 	echo "== 4/4 site: build, then every page in headless Chromium"; \
 	{ $(BIN)/jupyter-book build . --all -W -n --keep-going && \
 	  $(BIN)/python -m pytest tests/site -v -p no:cacheprovider $(call junit,site); } || status=1; \
