@@ -63,10 +63,12 @@ execute: $(STAMP)
 	$(BIN)/python -m tools.notebooks $(NOTEBOOKS)
 
 ## robustness: execute every chapter under 4 configurations (default, ONEDNN_MAX_CPU_ISA=AVX2,
-## TF_ENABLE_ONEDNN_OPTS=0, BNBOOK_SEED_OFFSET=100); every cell must run. ROBUSTNESS_JOBS=n runs n at a time.
+## TF_ENABLE_ONEDNN_OPTS=0, BNBOOK_SEED_OFFSET=100); every cell must run. ROBUSTNESS_JOBS=n runs n at a time;
+## ROBUSTNESS_CONFIGS=all adds the seed offsets 200 and 300 (or name them: seed+200,seed+300).
 ROBUSTNESS_JOBS ?= 1
+ROBUSTNESS_CONFIGS ?= default,avx2,onednn-off,seed+100
 robustness: $(STAMP)
-	$(BIN)/python tools/robustness.py $(NOTEBOOKS) --jobs $(ROBUSTNESS_JOBS) --report _build/robustness.md
+	$(BIN)/python tools/robustness.py $(NOTEBOOKS) --jobs $(ROBUSTNESS_JOBS) --configs $(ROBUSTNESS_CONFIGS) --report _build/robustness.md
 
 clean:
 	rm -rf _build .pytest_cache

@@ -1,5 +1,7 @@
 """tools/robustness.py: every configuration's environment reaches the kernel; failures are located."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import nbformat
 import pytest
 
@@ -25,13 +27,31 @@ def _executed(path, *sources, tags=None):
     return str(path)
 
 
-def test_configurations_are_the_four_of_the_protocol():
+def test_configurations_are_the_four_of_the_protocol_and_two_more_seed_offsets():
     assert robustness.CONFIGS == {
         "default": {},
         "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
         "onednn-off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
         "seed+100": {"BNBOOK_SEED_OFFSET": "100"},
+        "seed+200": {"BNBOOK_SEED_OFFSET": "200"},
+        "seed+300": {"BNBOOK_SEED_OFFSET": "300"},
     }
+    assert robustness.DEFAULT_CONFIGS == ("default", "avx2", "onednn-off", "seed+100")
+
+
+def test_all_runs_every_configuration_and_an_unknown_one_is_refused(tmp_path, monkeypatch, capsys):
+    ok = _executed(tmp_path / "ok.ipynb", "print(1)")
+    ran = []
+    monkeypatch.setattr(robustness, "ProcessPoolExecutor", ThreadPoolExecutor)  # the fake below is not picklable
+    monkeypatch.setattr(robustness, "run_one", lambda nb, c, env, timeout: ran.append(c) or robustness.Outcome(nb, c, True, 0.0))
+    assert robustness.main([ok, "--configs", "all"]) == 0
+    assert ran == list(robustness.CONFIGS)
+    ran.clear()
+    assert robustness.main([ok]) == 0
+    assert ran == list(robustness.DEFAULT_CONFIGS)
+    with pytest.raises(SystemExit):
+        robustness.main([ok, "--configs", "seed+400"])
+    assert "accepted: default, avx2, onednn-off, seed+100, seed+200, seed+300" in capsys.readouterr().err
 
 
 def test_a_failing_assertion_is_reported_with_its_cell_and_values(tmp_path, capsys):
