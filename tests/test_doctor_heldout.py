@@ -18,29 +18,40 @@ Healthy means held out: each healthy model's statistics were estimated on other 
 the diagnosed ones (trained with ``fit`` on a training draw and diagnosed on an independent
 draw of the same distribution; MobileNetV3Small re-estimated on 64 other images).
 
-Hit/miss table (held-out set; the result column is filled in after the first run):
+Hit/miss table (held-out set; results of the first and only run, nothing tuned after it):
 
 =====================  ==============================================  ==========================
 model                  break                                           expected finding (result)
 =====================  ==============================================  ==========================
-tagger                 one of 16 channels' moving variance x20         stale_statistics (?)
-tagger                 trained 4 steps at momentum 0.99 (lagging)      stale_statistics (?)
-segmenter              decoder BN's moving mean +2 std, every channel  stale_statistics (?)
-segmenter              images 0-255 instead of 0-1                     input_scale (?)
+tagger                 one of 16 channels' moving variance x20         stale_statistics (hit)
+tagger                 trained 4 steps at momentum 0.99 (lagging)      stale_statistics (partial
+                                                                       miss: named, info only)
+segmenter              decoder BN's moving mean +2 std, every channel  stale_statistics (hit)
+segmenter              images 0-255 instead of 0-1                     input_scale (hit)
 residual_first         moving variance / 8 in every channel            stale_statistics >= warning
-                       (sigmoid output)                                (?)
-residual_first         Dropout(0.4) before the residual branch's BN    dropout_variance_shift (?)
-shared_transfer        shared BN two levels down reset to (0, 1)       never_updated (?)
+                       (sigmoid output)                                (partial miss: named, info
+                                                                       only)
+residual_first         Dropout(0.4) before the residual branch's BN    dropout_variance_shift
+                                                                       (partial miss: named, info
+                                                                       only, ratio 0.87 > 0.8)
+shared_transfer        shared BN two levels down reset to (0, 1)       never_updated (hit)
 shared_transfer        base(x, training=False), BN trainable           training_false_override
-                                                                       (?)
+                                                                       (hit)
 two_outputs            trunk moving mean +3 std, regression head       stale_statistics and
-                                                                       train_inference_gap (?)
-MobileNetV3Small       untrained (statistics at 0, 1)                  never_updated (?)
+                                                                       train_inference_gap (hit)
+MobileNetV3Small       untrained (statistics at 0, 1)                  never_updated (hit)
 MobileNetV3Small       one deep layer's moving variance / 20           stale_statistics, that
-                                                                       layer (?)
+                                                                       layer (hit)
 healthy x 6            tagger, segmenter, residual_first,              no warning, no error
-                       shared_transfer, two_outputs, MobileNetV3Small  (?)
+                       shared_transfer, two_outputs, MobileNetV3Small  (6 of 6 clean)
 =====================  ==============================================  ==========================
+
+11 broken: 8 hits, 3 partial misses (the layer named, but as info, so a report that says
+"no BN problem found"); 6 healthy: 6 clean. The three misses are kept as
+``xfail(strict=True)`` with what the doctor measured: two are its "weights adapted to these
+statistics" rule (re-estimating on the held-out images did not help: accuracy 0.958 -> 0.948
+and 0.489 -> 0.476, loss up), one is a dropout shift of 0.87, inside the 0.8 band. Whether
+the doctor or the expectation is wrong there is open; the expectation was written first.
 """
 
 from __future__ import annotations
@@ -249,6 +260,11 @@ def test_heldout_tagger_one_broken_channel() -> None:
     assert "6" in str([f for f in report.findings if f.kind == "stale_statistics"][0].evidence)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="held-out partial miss: stale_statistics named only as info (gru_bn var_ratio 18.7, but after 4 steps "
+    "re-estimating does not help: accuracy 0.489 -> 0.476, loss 1.19 -> 1.20, read as adapted statistics)",
+)
 def test_heldout_tagger_lagging() -> None:
     keras.utils.set_random_seed(22)
     model = tagger(momentum=0.99)
@@ -271,6 +287,11 @@ def test_heldout_segmenter_pixels_0_255() -> None:
     assert report.layers("input_scale") == ["enc_bn"], str(report)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="held-out partial miss: stale_statistics (var_ratio 0.126, 16 of 16 channels) only info: re-estimating "
+    "lowers held-out accuracy 0.958 -> 0.948 and raises the loss 0.098 -> 0.124 (read as adapted statistics)",
+)
 def test_heldout_residual_first_variance_shrunk() -> None:
     model = _fresh("residual_first")
     _assign(_bn(model, "stem_bn"), "moving_variance", lambda v: v / 8.0)
@@ -278,6 +299,11 @@ def test_heldout_residual_first_variance_shrunk() -> None:
     assert "stem_bn" in report.layers("stale_statistics", "warning", "error"), str(report)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="held-out partial miss: dropout_variance_shift only info (inference/training variance ratio 0.87, "
+    "inside the 0.8 threshold: Dropout(0.4) before a separable convolution shifts the variance less than before Dense)",
+)
 def test_heldout_residual_first_dropout() -> None:
     keras.utils.set_random_seed(23)
     model = _fit(residual_first(dropout=0.4), "residual_first")
