@@ -10,7 +10,8 @@ defaults: out of sample for those rules. Not for three rules that came after mod
 of this suite had been seen -- the ``below_bands`` rule (added in this suite's own
 commit, d1f0e7c, "found on the out-of-sample CNN"), the single broken-channel rule
 and the gap's standard error over batches (added after a review that had run this
-suite): for them this suite is calibration, and a held-out set is still to be written.
+suite): for them this suite is calibration; the held-out set is
+``tests/test_doctor_heldout.py``.
 
 Families (small inputs, few images, to keep the suite fast): a CNN channels-last
 (``cnn_last``), a CNN channels-first (``cnn_first``), a Conv1D model (``conv1d``), a
