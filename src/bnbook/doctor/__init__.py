@@ -9,9 +9,10 @@ groups the findings per kind (the layers listed once, the fix said once).
 =========================== ==========================================================
 kind                        what it measures
 =========================== ==========================================================
-``non_finite``              NaN/inf (or a negative variance) in a BN variable, or
-                            NaN/inf in a BN layer's input on ``x`` (error, naming the
-                            channels)
+``non_finite``              NaN/inf (or a variance at or below -epsilon) in a BN
+                            variable, or NaN/inf in a BN layer's input on ``x`` (error,
+                            naming the channels); a variance in (-epsilon, 0) is a
+                            warning (the output stays finite)
 ``never_updated``           moving statistics still at their initial values (0, 1)
                             while the layer's input on ``x`` is far from them
 ``input_scale``             the first BN layer's moving variance off by more than x100
