@@ -403,3 +403,22 @@ def test_console_script_entry_resolves_and_runs(tmp_path, monkeypatch, capsys) -
     run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 2, run.stderr
     assert f"error: model file {missing!r} does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_slightly_negative_variance_is_a_warning_not_an_error(trained: keras.Model) -> None:
+    """Review L3: var in (-eps, 0) keeps sqrt(var + eps) finite (a warning); at or below -eps it is an error."""
+    model = _copy(trained)
+    bn = model.get_layer("cnn_bn1")
+    eps = float(bn.epsilon)
+    for value, severity in ((-0.01 * eps, "warning"), (-2.0 * eps, "error")):
+        variance = trained.get_layer("cnn_bn1").moving_variance.numpy().copy()
+        variance[5] = value
+        bn.moving_variance.assign(variance)
+        (found,) = [f for f in static_checks(model).findings if f.kind == "non_finite"]
+        assert (found.layer, found.severity, found.evidence["channels"]) == ("cnn_bn1", severity, "5"), found
+
+
+def test_override_fix_says_what_freezing_costs_and_when_it_matters() -> None:
+    """Review L7, L8: the fix names the frozen gamma/beta and that a model that only predicts is unaffected."""
+    fix = doctor.evidence._FIX["training_false_override"]
+    assert "gamma and beta then stop training" in fix and "only predicts is unaffected" in fix
