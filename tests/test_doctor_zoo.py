@@ -51,7 +51,7 @@ ResNet50            one deep layer's variance x25 (others fine)   stale_statisti
 EfficientNetB0      one layer's mean +2 std (others fine)         stale_statistics, that layer (hit)
 EfficientNetB0      momentum=0.1 in every BN layer                pytorch_momentum (hit)
 healthy x 6         cnn_last, cnn_first, conv1d, rnn, transfer,   no error, no warning
-                    heads, trained                                (6 of 6 clean)
+                    heads, trained; diagnosed on another draw     (6 of 6 clean)
 ==================  ============================================  =============================
 """
 
