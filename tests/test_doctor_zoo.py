@@ -10,7 +10,8 @@ defaults: out of sample for those rules. Not for three rules that came after mod
 of this suite had been seen -- the ``below_bands`` rule (added in this suite's own
 commit, d1f0e7c, "found on the out-of-sample CNN"), the single broken-channel rule
 and the gap's standard error over batches (added after a review that had run this
-suite): for them this suite is calibration, and a held-out set is still to be written.
+suite): for them this suite is calibration; the held-out set is
+``tests/test_doctor_heldout.py``.
 
 Families (small inputs, few images, to keep the suite fast): a CNN channels-last
 (``cnn_last``), a CNN channels-first (``cnn_first``), a Conv1D model (``conv1d``), a
@@ -50,7 +51,7 @@ ResNet50            one deep layer's variance x25 (others fine)   stale_statisti
 EfficientNetB0      one layer's mean +2 std (others fine)         stale_statistics, that layer (hit)
 EfficientNetB0      momentum=0.1 in every BN layer                pytorch_momentum (hit)
 healthy x 6         cnn_last, cnn_first, conv1d, rnn, transfer,   no error, no warning
-                    heads, trained                                (6 of 6 clean)
+                    heads, trained; diagnosed on another draw     (6 of 6 clean)
 ==================  ============================================  =============================
 """
 
@@ -205,8 +206,8 @@ def _channels_times(indices: list[int], factor: float) -> Callable[[np.ndarray],
     return change
 
 
-def _run(name: str, model: keras.Model, **kwargs: object) -> doctor.Report:
-    x, y = _data(SHAPES[name])
+def _run(name: str, model: keras.Model, seed: int = 0, **kwargs: object) -> doctor.Report:
+    x, y = _data(SHAPES[name], seed=seed)
     kwargs.setdefault("batch_size", 16)
     if name == "heads":
         kwargs.setdefault("output", "klass")
@@ -218,8 +219,11 @@ def _run(name: str, model: keras.Model, **kwargs: object) -> doctor.Report:
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_healthy_trained_models_get_no_warning(name: str) -> None:
-    report = _run(name, trained(name))
+    # Held out (review W6): diagnosed on another draw (seed 1) than the 96 examples it was trained on
+    # (seed 0), so the statistics were estimated on other inputs than the diagnosed ones.
+    report = _run(name, trained(name), seed=1)
     assert report.problems == [], str(report)
+    assert not report.not_checked, str(report)  # every data check ran (labels given)
 
 
 # ----------------------------------------------------------------------------- broken models
@@ -259,19 +263,32 @@ def test_conv1d_mean_shift_every_channel() -> None:
     assert "train_inference_gap" in report.kinds("error")
 
 
-def test_heads_variance_break_is_named_but_only_info() -> None:
-    # A partial miss, kept as it is: with the trunk's moving variance divided by 30 every head still
-    # predicts right (the scaled activations keep the argmax and make the heads more confident), and
-    # re-estimating raises the loss, so the doctor reads the statistics as ones the weights are adapted
-    # to (its Batch Renormalization rule) and says info, not warning. The layer is named all the same.
+def test_heads_variance_break_is_named() -> None:
+    # The layer is named (as info, see the miss below) with every channel outside the band.
     model = _fresh("heads")
     _set(_bn(model, "trunk_bn"), "moving_variance", lambda v: v / 30.0)
     for output in ("klass", "flag"):
         report = _run("heads", model, output=output)
         (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
-        assert stale.layer == "trunk_bn" and stale.severity == "info", str(report)
+        assert stale.layer == "trunk_bn", str(report)
         assert stale.evidence["fraction_off"] == 1.0
-    # halving the trunk's moving mean's distance to 0 instead shifts every channel: a warning or an error
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known partial miss (review W11): with the trunk's moving variance divided by 30 every head still "
+    "predicts right and re-estimating raises the loss, so the doctor reads the statistics as ones the weights "
+    "are adapted to (its Batch Renormalization rule) and says info, not warning",
+)
+def test_heads_variance_break_is_a_warning() -> None:
+    model = _fresh("heads")
+    _set(_bn(model, "trunk_bn"), "moving_variance", lambda v: v / 30.0)
+    for output in ("klass", "flag"):
+        assert _run("heads", model, output=output).layers("stale_statistics") == ["trunk_bn"]
+
+
+def test_heads_mean_break() -> None:
+    # the trunk's moving mean shifted by -2 std in every channel: a warning or an error
     broken = _fresh("heads")
     bn = _bn(broken, "trunk_bn")
     _set(bn, "moving_mean", lambda v: v - 2.0 * np.sqrt(bn.moving_variance.numpy()))

@@ -9,9 +9,10 @@ groups the findings per kind (the layers listed once, the fix said once).
 =========================== ==========================================================
 kind                        what it measures
 =========================== ==========================================================
-``non_finite``              NaN/inf (or a negative variance) in a BN variable, or
-                            NaN/inf in a BN layer's input on ``x`` (error, naming the
-                            channels)
+``non_finite``              NaN/inf (or a variance at or below -epsilon) in a BN
+                            variable, or NaN/inf in a BN layer's input on ``x`` (error,
+                            naming the channels); a variance in (-epsilon, 0) is a
+                            warning (the output stays finite)
 ``never_updated``           moving statistics still at their initial values (0, 1)
                             while the layer's input on ``x`` is far from them
 ``input_scale``             the first BN layer's moving variance off by more than x100
@@ -84,56 +85,56 @@ with the key ``not_applicable``, listed in the headline but not making it incomp
 
 Thresholds (keyword arguments of :func:`diagnose`; defaults in :data:`THRESHOLDS`):
 
-======================== ======= ===================================================
-name                     default where it comes from
-======================== ======= ===================================================
-``stale_variance``       2.0     median over channels of (moving var + eps)/(var +
-                                 eps) outside [1/2, 2]: the output's std off by 1.41.
-                                 The book's MLPs (chapter 10): healthy 1.15-1.26,
-                                 30 steps 4.1 and 2.1, 60 steps 2.4 and 1.7
-``stale_mean``           0.5     median ``|moving mean - mean| / std`` (healthy MLPs
-                                 0.06-0.15)
-``channel_variance``     4.0     a single channel is off when its ratio is outside
-                                 [1/4, 4] or its shift above ``channel_mean``
-``channel_mean``         1.0     (one standard deviation)
-``channel_broken_variance`` 10.0 one channel with a ratio outside [1/10, 10]...
-``channel_broken_mean``  3.0     ...or shifted by 3 standard deviations makes the layer
-                                 stale, whatever its width (a per-channel test: one
-                                 x100 channel among 32 or 2,048 is found; one x5
-                                 channel among 16 is not)
-``channel_fraction``     0.05    many mildly off channels: more than 5 % of the
-                                 channels outside the ``channel_variance`` band...
-``channel_count``        3       ...and at least 3 of them (so that one noisy channel of
-                                 a narrow layer is not enough). Chapter 10's MLPs:
-                                 mended model 3 of 64 (4.7 %), lagging 4 of 64
-``never_updated_variance`` 1.5   median ratio bound for statistics at their initial
-                                 values (exact initial values are evidence already)
-``dropout_ratio``        0.8     inference/training variance of a dropout-fed BN
-                                 input (MLPs of chapter 10: Dropout(0.5) 0.66-0.70,
-                                 Dropout(0.1) 0.95, no dropout 1.00-1.02)
-``gap_z``                3.0     accuracy gap above the Student-t equivalent of 3
-                                 standard errors over training batches (the examples
-                                 of a batch share its statistics; the same examples
-                                 in both modes); re-estimation gain above 3 paired
-                                 standard errors over examples (inference mode)...
-``gap_min``              0.01    ...and above 1 point (a negligible difference)
-``gap_loss_ratio``       2.0     regression: inference loss above twice the
-                                 training-mode loss (no local evidence: a guess)
-``small_batch``          16      rule of thumb (Wu and He's ImageNet measurements);
-                                 for Dense layers the std of a batch mean is
-                                 1/sqrt(B) of the feature's, for convolutions the
-                                 batch mean averages B x positions correlated values
-``pytorch_momentum``     0.5     Keras's momentum is the weight of the *old* value
-                                 (default 0.99); PyTorch's is the new one's (0.1)
-``epsilon_fraction``     0.5     ``epsilon`` >= moving variance in more than half the
-                                 channels (not calibrated: a static plausibility test)
-``input_scale_variance`` 100.0   the first BN layer's channel ratio outside [1/100,
-                                 100]: pixels 0-255 against 0-1 give 255**2; stale
-                                 statistics rarely reach it in most channels...
-``input_scale_fraction`` 0.9     ...in at least 90 % of its channels (not calibrated)
-======================== ======= ===================================================
+=========================== ======= ===================================================
+name                        default where it comes from
+=========================== ======= ===================================================
+``stale_variance``          2.0     median over channels of (moving var + eps)/(var +
+                                    eps) outside [1/2, 2]: the output's std off by 1.41.
+                                    The book's MLPs (chapter 10): healthy 1.15-1.26,
+                                    30 steps 4.1 and 2.1, 60 steps 2.4 and 1.7
+``stale_mean``              0.5     median ``|moving mean - mean| / std`` (healthy MLPs
+                                    0.06-0.15)
+``channel_variance``        4.0     a single channel is off when its ratio is outside
+                                    [1/4, 4] or its shift above ``channel_mean``
+``channel_mean``            1.0     (one standard deviation)
+``channel_broken_variance`` 10.0    one channel with a ratio outside [1/10, 10]...
+``channel_broken_mean``     3.0     ...or shifted by 3 standard deviations makes the layer
+                                    stale, whatever its width (a per-channel test: one
+                                    x100 channel among 32 or 2,048 is found; one x5
+                                    channel among 16 is not)
+``channel_fraction``        0.05    many mildly off channels: more than 5 % of the
+                                    channels outside the ``channel_variance`` band...
+``channel_count``           3       ...and at least 3 of them (so that one noisy channel of
+                                    a narrow layer is not enough). Chapter 10's MLPs:
+                                    mended model 3 of 64 (4.7 %), lagging 4 of 64
+``never_updated_variance``  1.5     median ratio bound for statistics at their initial
+                                    values (exact initial values are evidence already)
+``dropout_ratio``           0.8     inference/training variance of a dropout-fed BN
+                                    input (MLPs of chapter 10: Dropout(0.5) 0.66-0.70,
+                                    Dropout(0.1) 0.95, no dropout 1.00-1.02)
+``gap_z``                   3.0     accuracy gap above the Student-t equivalent of 3
+                                    standard errors over training batches (the examples
+                                    of a batch share its statistics; the same examples
+                                    in both modes); re-estimation gain above 3 paired
+                                    standard errors over examples (inference mode)...
+``gap_min``                 0.01    ...and above 1 point (a negligible difference)
+``gap_loss_ratio``          2.0     regression: inference loss above twice the
+                                    training-mode loss (no local evidence: a guess)
+``small_batch``             16      rule of thumb (Wu and He's ImageNet measurements);
+                                    for Dense layers the std of a batch mean is
+                                    1/sqrt(B) of the feature's, for convolutions the
+                                    batch mean averages B x positions correlated values
+``pytorch_momentum``        0.5     Keras's momentum is the weight of the *old* value
+                                    (default 0.99); PyTorch's is the new one's (0.1)
+``epsilon_fraction``        0.5     ``epsilon`` >= moving variance in more than half the
+                                    channels (not calibrated: a static plausibility test)
+``input_scale_variance``    100.0   the first BN layer's channel ratio outside [1/100,
+                                    100]: pixels 0-255 against 0-1 give 255**2; stale
+                                    statistics rarely reach it in most channels...
+``input_scale_fraction``    0.9     ...in at least 90 % of its channels (not calibrated)
+=========================== ======= ===================================================
 
-Validation on the zoo (``tests/test_doctor_zoo.py``). The thresholds above were set
+Calibration set: the zoo (``tests/test_doctor_zoo.py``). The thresholds above were set
 on the book's MLPs (chapter 10) and the unit tests' 12-feature MLPs
 (``tests/test_doctor.py``), the per-channel band on the 32-channel CNN of
 ``tests/test_doctor_real.py``; the zoo's models were written after, each with the
@@ -144,7 +145,7 @@ so for them the zoo is calibration, not a held-out estimate: the ``below_bands``
 (added in the zoo's own commit, d1f0e7c, "found on the out-of-sample CNN" of the zoo), and the
 broken-channel rule and the gap's standard error over batches (added after a review
 that ran the zoo). Result: 22 broken models, 21 hits and 1 partial miss; 6 healthy
-trained models, 6 clean. A held-out set for those three rules is still to be written.
+trained models, 6 clean (table below; the held-out set follows it).
 
 ============================  ============================================  ==================
 family                        breaks                                        result
@@ -165,6 +166,40 @@ MobileNetV2 0.35 (32 x 32)    untrained; NaN deep; nested base lagging      hits
 ResNet50 (32 x 32)            one deep layer's variance x25                 hit (that layer)
 EfficientNetB0 (32 x 32)      one layer's mean +2 std; momentum 0.1         hits
 ============================  ============================================  ==================
+
+Held-out set (``tests/test_doctor_heldout.py``): six kinds of model none of the rules was
+set on, the breaks and the expected findings written before the doctor was first run on
+them, nothing tuned after; healthy models diagnosed on another draw than the one their
+statistics were estimated on. Result: 11 broken models, 8 hits and 3 partial misses (the
+layer named, but only as info, so the headline says "no BN problem found"); 6 healthy, 6
+clean. The misses are strict ``xfail`` tests, so a change that fixes one is noticed.
+
+============================  ============================================  ==================
+family (held out)             breaks                                        result
+============================  ============================================  ==================
+sequence tagger (Conv1D ->    one of 16 channels' variance x20              hit
+BN -> GRU -> BN, per step)    4 steps at momentum 0.99 (lagging)            partial miss: info
+                                                                            (re-estimating did
+                                                                            not help, 0.489 ->
+                                                                            0.476)
+segmentation (encoder-        decoder mean +2 std; pixels 0-255             hits
+decoder, per-pixel softmax)
+residual channels-first,      stem variance / 8 in every channel            partial miss: info
+separable conv, sigmoid                                                     (re-estimating
+(N, 1)                                                                      lowered accuracy
+                                                                            0.958 -> 0.948)
+                              Dropout(0.4) before the branch's BN           partial miss: info
+                                                                            (ratio 0.87 > 0.8)
+transfer, two deep, shared    shared BN reset to (0, 1); training=False     hits
+BN in the innermost model
+two outputs, regression head  trunk mean +3 std                             hit (stale and
+                                                                            gap error)
+MobileNetV3Small (32 x 32)    untrained; one deep layer's variance / 20     hits
+============================  ============================================  ==================
+
+The three misses share one reading: the statistics are off, but on the diagnosed images
+the model is not better with re-estimated ones (or the shift is small), and the doctor then
+says info. Read an info ``stale_statistics`` with large ratios as "check on held-out data".
 
 Run as a program, ``bnbook-doctor MODEL.keras --data DATA.npz`` (or ``python -m
 bnbook.doctor ...``) prints the report of a saved model on the arrays of an ``.npz``

@@ -44,9 +44,10 @@ _FIX: dict[str, str] = {
     "training_false_override": (
         "fit() passes training=True, which replaces a training=False written in the model (Keras 3, "
         "keras-team/keras#20285): to keep these BN layers in inference mode while fine-tuning, set "
-        "trainable=False on the BN layers themselves (a frozen Keras BN layer runs in inference mode) and "
-        "compile() again, with a new optimizer if you unfroze layers (the old one knows only the variables it "
-        "was built with); chapters 3 and 4"
+        "trainable=False on the BN layers themselves (a frozen Keras BN layer runs in inference mode; its gamma "
+        "and beta then stop training too, as keras.io's fine-tuning guide intends) and compile() again, with a new optimizer if you unfroze layers (the old one knows only the variables it "
+        "was built with). It matters only if the model is trained again (fit or a loop calling it with "
+        "training=True); a model that only predicts is unaffected; chapters 3 and 4"
     ),
     "frozen_but_training": (
         "call compile() again after changing trainable (with a new optimizer if layers were unfrozen), and "

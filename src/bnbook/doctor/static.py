@@ -29,19 +29,29 @@ def _check_static(
         variables = {name: getattr(bn, name, None) for name in probes.BN_VARIABLES}
         bad_channels: set[int] = set()
         which = []
+        slightly_negative = np.zeros(0, dtype=bool)
         for name, variable in variables.items():
             if variable is None:
                 continue
             values = _values(variable)
             bad = ~np.isfinite(values)
             if name == "moving_variance":
-                bad |= values < 0
+                # var + eps > 0: sqrt(var + eps) is finite and the output only slightly off (a warning);
+                # at or below -eps the normalisation divides by zero or takes the root of a negative
+                slightly_negative = np.isfinite(values) & (values < 0) & (values > -float(bn.epsilon))
+                bad |= (values < 0) & ~slightly_negative
             if bad.any():
                 bad_channels |= set(np.flatnonzero(bad).tolist())
                 which.append(f"{name}({int(bad.sum())})")
         if bad_channels:
             evidence = {"variables": ", ".join(which), "channels": _channels(np.array(sorted(bad_channels)))}
             findings.append(Finding("non_finite", "error", path, evidence, _FIX["non_finite"]))
+        elif slightly_negative.any():
+            evidence = {
+                "variables": f"moving_variance({int(slightly_negative.sum())}) negative, above -epsilon",
+                "channels": _channels(np.flatnonzero(slightly_negative)),
+            }
+            findings.append(Finding("non_finite", "warning", path, evidence, _FIX["non_finite"]))
         momentum = float(getattr(bn, "momentum", 0.99))
         if momentum < t.pytorch_momentum:
             evidence = {"momentum": momentum, "keras_equivalent_of_pytorch": round(1 - momentum, 3)}
