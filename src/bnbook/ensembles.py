@@ -21,9 +21,12 @@ the branches but the step counter:
   would receive alone, and an element-wise optimizer updates it as it would alone. Only
   those are accepted (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam, Adamax, Lion); so are not
   ``clipnorm`` and ``global_clipnorm`` (a norm over all branches), and neither is what the
-  stacked step would skip -- ``loss_scale_factor`` and mixed precision, ``use_ema``,
+  stacked step would skip -- ``loss_scale_factor`` and mixed precision,
   variable constraints, ``loss_weights``, a custom ``train_step``/``compute_loss``: each is
   a clear ``ValueError`` before any training.
+- **Weight averaging** (``use_ema=True``): the optimizer's moving average of the weights is
+  element-wise too, so each slice averages its own branch's weights; at the end of training
+  the averages replace the weights, as ``fit`` does (``finalize_variable_values``).
 - **Learning rates**: branches at different rates share one optimizer, so a branch's rate
   is applied by scaling its gradient by ``rate / rate_max`` at learning rate
   ``rate_max``. For SGD, with or without (Nesterov) momentum, the update is linear in the
@@ -298,6 +301,10 @@ class _StackedTrainer:
         probs = np.concatenate([np.asarray(self._predict(x[i : i + 1000])) for i in range(0, len(x), 1000)], axis=1)
         return [_cross_entropy_and_accuracy(p, y) for p in probs]
 
+    def finalize(self) -> None:
+        """End training as ``fit`` does: with ``use_ema``, the weights become their moving averages."""
+        self.optimizer.finalize_variable_values(self.trainable)
+
     def write_back(self) -> None:
         for stacked, j in ((self.trainable, "trainable_variables"), (self.non_trainable, "non_trainable_variables")):
             for values, *targets in zip([keras.ops.convert_to_numpy(v) for v in stacked], *(getattr(m, j) for m in self.models)):
@@ -346,6 +353,13 @@ def train_parallel(
         models: A dict to receive the trained models, keyed ``(variant, learning_rate, seed)``:
             each variant's own model, whose variables the branch trained.
 
+    With an optimizer built with ``use_ema=True``, training ends as Keras's ``fit`` ends
+    (``keras/src/backend/tensorflow/trainer.py``, ``finalize_variable_values`` after the
+    last epoch): the weights are replaced by their moving averages and the moving
+    statistics stay those of the last step. The validation rows score the weights as they
+    are during training (the raw ones, as ``fit``'s ``val_*`` history does); the test
+    scores and the models returned score what ``fit`` would return.
+
     Returns:
         A DataFrame, one row per branch and evaluation: ``variant``, ``learning_rate``,
         ``seed``, ``step`` (optimizer steps taken), ``epoch`` (passes over ``train``, a
@@ -364,7 +378,7 @@ def train_parallel(
             not probabilities (checked on the untrained models, before any training).
             Also refused, because a branch would not train as the model alone does: an
             optimizer outside the element-wise ones (SGD, Adam, AdamW, RMSprop, Adagrad,
-            Nadam, Adamax, Lion), ``loss_scale_factor``, ``use_ema``, ``clipnorm``/
+            Nadam, Adamax, Lion), ``loss_scale_factor``, ``clipnorm``/
             ``global_clipnorm``, a dtype policy other than float32 (mixed precision's loss
             scaling), variable constraints, ``loss_weights``, a custom ``train_step`` or
             ``compute_loss``, and models of one variant compiled with different losses.
@@ -439,12 +453,11 @@ def train_parallel(
             f"optimizer {optimizer_class} is not element-wise: its update of a stacked variable would couple the "
             f"branches. Accepted: {', '.join(_ELEMENT_WISE)}"
         )
-    for key, default in (("loss_scale_factor", None), ("use_ema", False)):
-        if config.get(key, default) not in (default,):
-            raise ValueError(
-                f"the optimizer's {key}={config[key]!r} is not supported by train_parallel (a branch would not train "
-                f"as the model alone); compile without it"
-            )
+    if config.get("loss_scale_factor") is not None:
+        raise ValueError(
+            f"the optimizer's loss_scale_factor={config['loss_scale_factor']!r} is not supported by train_parallel "
+            f"(a branch would not train as the model alone); compile without it"
+        )
     n_classes = _check_outputs_are_probabilities([model for *_, model in branches], x_val[:8])
     for what, labels in (("train", y_fit), ("validation", y_val), *((("test", y_test),) if test is not None else ())):
         if labels.max() >= n_classes:
@@ -498,6 +511,7 @@ def train_parallel(
                             "val_accuracy": accuracy,
                         }
                     )
+        trainer.finalize()  # with use_ema: the averaged weights, as fit leaves them
         if test is not None:
             test_scores.update(zip(group, trainer.scores(x_test, y_test)))
         trainer.write_back()
