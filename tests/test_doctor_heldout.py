@@ -18,19 +18,21 @@ Healthy means held out: each healthy model's statistics were estimated on other 
 the diagnosed ones (trained with ``fit`` on a training draw and diagnosed on an independent
 draw of the same distribution; MobileNetV3Small re-estimated on 64 other images).
 
-Hit/miss table (held-out set; results of the first and only run, nothing tuned after it):
+Hit/miss table (held-out set; results of the first run, nothing tuned after it; one rule change
+made later, after the set had been seen, is marked "fixed by N1"):
 
 =====================  ==============================================  ==========================
 model                  break                                           expected finding (result)
 =====================  ==============================================  ==========================
 tagger                 one of 16 channels' moving variance x20         stale_statistics (hit)
 tagger                 trained 4 steps at momentum 0.99 (lagging)      stale_statistics (partial
-                                                                       miss: named, info only)
+                                                                       miss: named, info only;
+                                                                       fixed by N1: warning)
 segmenter              decoder BN's moving mean +2 std, every channel  stale_statistics (hit)
 segmenter              images 0-255 instead of 0-1                     input_scale (hit)
 residual_first         moving variance / 8 in every channel            stale_statistics >= warning
                        (sigmoid output)                                (partial miss: named, info
-                                                                       only)
+                                                                       only; fixed by N1: warning)
 residual_first         Dropout(0.4) before the residual branch's BN    dropout_variance_shift
                                                                        (partial miss: named, info
                                                                        only, ratio 0.87 > 0.8)
@@ -46,12 +48,16 @@ healthy x 6            tagger, segmenter, residual_first,              no warnin
                        shared_transfer, two_outputs, MobileNetV3Small  (6 of 6 clean)
 =====================  ==============================================  ==========================
 
-11 broken: 8 hits, 3 partial misses (the layer named, but as info, so a report that says
-"no BN problem found"); 6 healthy: 6 clean. The three misses are kept as
-``xfail(strict=True)`` with what the doctor measured: two are its "weights adapted to these
-statistics" rule (re-estimating on the held-out images did not help: accuracy 0.958 -> 0.948
-and 0.489 -> 0.476, loss up), one is a dropout shift of 0.87, inside the 0.8 band. Whether
-the doctor or the expectation is wrong there is open; the expectation was written first.
+First run: 11 broken, 8 hits, 3 partial misses (the layer named, but as info, so a report
+that says "no BN problem found"); 6 healthy: 6 clean. Two of the misses came from the "weights
+adapted to these statistics" rule, which then demoted a finding to info on *any* loss rise
+when re-estimating on the diagnosed images (accuracy 0.958 -> 0.948 and 0.489 -> 0.476, loss
+up by 1.4 and 0.5 paired standard errors). Review 2 (N1) made that rule a test: demote only
+when the loss rise exceeds ``gap_z`` paired standard errors, the threshold the doctor already
+uses for the gain. The change was decided from that reasoning, not tuned on these models, but
+it was made *after* this set had been seen, so the two "fixed by N1" rows are no longer a
+held-out result: after it, 10 of 11 named at warning or above, 6 healthy still clean. The
+dropout miss (0.87, inside the 0.8 band) stays an ``xfail(strict=True)``.
 """
 
 from __future__ import annotations
@@ -260,17 +266,16 @@ def test_heldout_tagger_one_broken_channel() -> None:
     assert "6" in str([f for f in report.findings if f.kind == "stale_statistics"][0].evidence)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="held-out partial miss: stale_statistics named only as info (gru_bn var_ratio 18.7, but after 4 steps "
-    "re-estimating does not help: accuracy 0.489 -> 0.476, loss 1.19 -> 1.20, read as adapted statistics)",
-)
 def test_heldout_tagger_lagging() -> None:
+    # A partial miss in the first run (info: "adapted statistics" on a loss rise of 1.19 -> 1.20, no test);
+    # fixed by the rule change of review 2 N1 (made after this set had been seen): the loss rise must be
+    # significant (gap_z paired standard errors) before a finding is demoted. Here it is 0.5 SE.
     keras.utils.set_random_seed(22)
     model = tagger(momentum=0.99)
     x, y = _tagger_data(TRAIN)
     _compile(model).fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0)  # 4 steps at 0.99
-    assert {"conv_bn", "gru_bn"} & set(_run("tagger", model).layers("stale_statistics"))
+    report = _run("tagger", model)
+    assert {"conv_bn", "gru_bn"} & set(report.layers("stale_statistics", "warning", "error")), str(report)
 
 
 def test_heldout_segmenter_mean_shift() -> None:
@@ -287,12 +292,10 @@ def test_heldout_segmenter_pixels_0_255() -> None:
     assert report.layers("input_scale") == ["enc_bn"], str(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="held-out partial miss: stale_statistics (var_ratio 0.126, 16 of 16 channels) only info: re-estimating "
-    "lowers held-out accuracy 0.958 -> 0.948 and raises the loss 0.098 -> 0.124 (read as adapted statistics)",
-)
 def test_heldout_residual_first_variance_shrunk() -> None:
+    # A partial miss in the first run (info: re-estimating raised the loss 0.098 -> 0.124, no test); fixed by
+    # the rule change of review 2 N1, made after this set had been seen: the rise is 1.4 paired SEs, not
+    # significant, so the finding keeps its severity.
     model = _fresh("residual_first")
     _assign(_bn(model, "stem_bn"), "moving_variance", lambda v: v / 8.0)
     report = _run("residual_first", model)

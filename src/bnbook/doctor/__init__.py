@@ -169,25 +169,29 @@ EfficientNetB0 (32 x 32)      one layer's mean +2 std; momentum 0.1         hits
 
 Held-out set (``tests/test_doctor_heldout.py``): six kinds of model none of the rules was
 set on, the breaks and the expected findings written before the doctor was first run on
-them, nothing tuned after; healthy models diagnosed on another draw than the one their
-statistics were estimated on. Result: 11 broken models, 8 hits and 3 partial misses (the
-layer named, but only as info, so the headline says "no BN problem found"); 6 healthy, 6
-clean. The misses are strict ``xfail`` tests, so a change that fixes one is noticed.
+them; healthy models diagnosed on another draw than the one their statistics were estimated
+on. First run: 11 broken models, 8 hits and 3 partial misses (the layer named, but only as
+info, so the headline said "no BN problem found"); 6 healthy, 6 clean. Two of the misses came
+from the "adapted statistics" rule, which then demoted on *any* loss rise on ``x``. Review 2
+(N1) made it a test (a loss rise above ``gap_z`` paired standard errors, as for the gain),
+decided from that reasoning, not tuned, but *after* the set had been seen: the two rows marked
+"fixed by N1" are therefore no longer held-out results. After it: 10 of 11 named at warning
+or above, 6 healthy still clean. The remaining miss is a strict ``xfail`` test.
 
 ============================  ============================================  ==================
 family (held out)             breaks                                        result
 ============================  ============================================  ==================
 sequence tagger (Conv1D ->    one of 16 channels' variance x20              hit
 BN -> GRU -> BN, per step)    4 steps at momentum 0.99 (lagging)            partial miss: info
-                                                                            (re-estimating did
-                                                                            not help, 0.489 ->
-                                                                            0.476)
+                                                                            (loss 1.19 -> 1.20,
+                                                                            0.5 SE); fixed by
+                                                                            N1: warning
 segmentation (encoder-        decoder mean +2 std; pixels 0-255             hits
 decoder, per-pixel softmax)
 residual channels-first,      stem variance / 8 in every channel            partial miss: info
-separable conv, sigmoid                                                     (re-estimating
-(N, 1)                                                                      lowered accuracy
-                                                                            0.958 -> 0.948)
+separable conv, sigmoid                                                     (loss 0.098 ->
+(N, 1)                                                                      0.124, 1.4 SE);
+                                                                            fixed by N1: warning
                               Dropout(0.4) before the branch's BN           partial miss: info
                                                                             (ratio 0.87 > 0.8)
 transfer, two deep, shared    shared BN reset to (0, 1); training=False     hits
@@ -197,9 +201,11 @@ two outputs, regression head  trunk mean +3 std                             hit 
 MobileNetV3Small (32 x 32)    untrained; one deep layer's variance / 20     hits
 ============================  ============================================  ==================
 
-The three misses share one reading: the statistics are off, but on the diagnosed images
-the model is not better with re-estimated ones (or the shift is small), and the doctor then
-says info. Read an info ``stale_statistics`` with large ratios as "check on held-out data".
+``stale_statistics`` is demoted to info only when re-estimating every layer raises the loss
+on ``x`` by more than ``gap_z`` paired standard errors and gains no accuracy (evidence
+``loss_rise_z`` and ``adapted``), as in the zoo's two-heads case (8 and 13 standard
+errors). That test is global and in sample: read an info ``stale_statistics`` with large
+ratios as "check on held-out data".
 
 Run as a program, ``bnbook-doctor MODEL.keras --data DATA.npz`` (or ``python -m
 bnbook.doctor ...``) prints the report of a saved model on the arrays of an ``.npz``

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -163,15 +164,20 @@ def diagnose(
             loss0, acc0 = infer
             assert loss0 is not None and loss1 is not None
             gain = {"loss_now": float(loss0.mean()), "loss_reestimated": float(loss1.mean())}
+            # "Re-estimating hurts" is tested like "re-estimating helps": a paired per-example difference
+            # (both passes in inference mode, so the examples are independent) above gap_z standard errors.
+            rise, rise_se = _paired(loss1, loss0)
+            worse = rise > t.gap_z * rise_se
+            gain["loss_rise_z"] = rise / rise_se if rise_se > 0 else (0.0 if rise == 0 else math.copysign(math.inf, rise))
             if acc0 is not None and acc1 is not None:
                 diff, se = _paired(acc1, acc0)
                 gain.update(accuracy_now=float(acc0.mean()), accuracy_reestimated=float(acc1.mean()))
                 significant = diff > t.gap_min and diff > t.gap_z * se
-                harmful = gain["loss_reestimated"] > gain["loss_now"] and diff <= 0
+                harmful = worse and diff <= 0
             else:
                 diff, se = _paired(loss0, loss1)
                 significant = gain["loss_now"] > t.gap_loss_ratio * gain["loss_reestimated"] and diff > t.gap_z * se
-                harmful = gain["loss_reestimated"] > gain["loss_now"]
+                harmful = worse
     for path, _ in bns:
         calls = inference[path].calls / max(len(stats_slices), 1) if path in inference else 0
         if calls > 1:
