@@ -90,7 +90,7 @@ SPECS: dict[str, dict[str, tuple[str, str, str]]] = {
         "single": ("units(B)", "None", "B"),
     },
     "08": {
-        "sweep_models[*]": ("x_train" + _N, "y_train" + _N, "k[1]"),
+        "sweep_models[*]": ("x_train" + _N, "y_train" + _N, "int(k[0].rsplit(' ', 1)[1])"),  # keys (variant, rate, seed), 'BN, batch 2'
         "replicated[*]": ("x_train[:512]", "y_train[:512]", "64"),
     },
     "09": {
