@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._bn_streams import _batches, _recording, _Stream
+from bnbook._bn_streams import _batches, _Passes, _Stream
 from bnbook._checks import check_finite, check_int, check_model, check_model_inputs, check_sequence
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import shifted
@@ -312,7 +312,7 @@ def _bn_paths(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
 
 
 def _pass_statistics(
-    model: keras.Model, bns: list[tuple[str, keras.layers.Layer]], x: np.ndarray, slices: list[slice], mode: str
+    runner: _Passes, bns: list[tuple[str, keras.layers.Layer]], x: np.ndarray, slices: list[slice], mode: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """One pass over ``x`` with dropout off: each BN input's mean and biased variance (float64).
 
@@ -322,9 +322,7 @@ def _pass_statistics(
     not finite.
     """
     streams: dict[str, _Stream] = {}
-    with _recording(bns, mode, streams):
-        for part in slices:
-            model(x[part], training=False)
+    runner.run(x, slices, mode, False, streams)
     found = {}
     for path, _ in bns:
         stream = streams.get(path)
@@ -391,19 +389,22 @@ def _reestimate(
     tolerance: float,
     max_passes: int,
     first: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    runner: _Passes | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, float]:
     """The passes of :func:`reestimate_bn_statistics` (shared with :func:`bnbook.doctor.diagnose`).
 
     Assigns the statistics of every pass (the caller restores the model if it must).
-    ``first``: the batch-mode pass's statistics, when the caller has them already.
+    ``first``: the batch-mode pass's statistics, when the caller has them already;
+    ``runner``: the caller's compiled passes (they record every BN layer of ``model``).
     Returns the final statistics (assigned), the number of passes and the last change.
     """
-    stats = first if first is not None else _pass_statistics(model, bns, x, slices, "batch")
+    runner = runner if runner is not None else _Passes(model, bns)
+    stats = first if first is not None else _pass_statistics(runner, bns, x, slices, "batch")
     epsilons = {path: float(layer.epsilon) for path, layer in bns}
     passes, change = 1, float("inf")
     while passes < max_passes:
         _assign_statistics(bns, stats)
-        new = _pass_statistics(model, bns, x, slices, "inference")
+        new = _pass_statistics(runner, bns, x, slices, "inference")
         passes += 1
         change = _statistics_change(stats, new, epsilons)
         stats = new

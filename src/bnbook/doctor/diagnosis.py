@@ -17,7 +17,7 @@ from bnbook.doctor.findings import Finding, Report, _sorted
 from bnbook.doctor.graph import _bn_paths, _dropout_upstream
 from bnbook.doctor.scoring import _paired
 from bnbook.doctor.static import _check_static
-from bnbook.doctor.streaming import _batches, _recording, _run, _Stream
+from bnbook.doctor.streaming import _batches, _Passes, _run, _Stream
 from bnbook.doctor.thresholds import Thresholds
 
 #: The re-estimation whose gain the doctor measures stops when a pass changes no statistic by more than
@@ -131,16 +131,14 @@ def diagnose(
     population: dict[str, _Stream] = {}
     inference: dict[str, _Stream] = {}
     training: dict[str, _Stream] = {}
+    passes = _Passes(model, bns)
     with probes.unchanged_state(model):
-        with _recording(bns, "batch", population):
-            _run(model, x, stats_slices, False, index, None, None)
-        with _recording(bns, "inference", inference):
-            infer = _run(model, x, stats_slices, False, index, y, target)[:2]
+        _run(passes, x, stats_slices, "batch", False, population, index, None, None)
+        infer = _run(passes, x, stats_slices, "inference", False, inference, index, y, target)[:2]
         train: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         if y is not None or dropout_fed:
             train_slices = _batches(len(x), batch_size or 32, drop_last=True)
-            with _recording(bns, "training", training):
-                train = _run(model, x, train_slices, True, index, y, target)[:2]
+            train = _run(passes, x, train_slices, "training", True, training, index, y, target)[:2]
         gain: dict[str, Any] = {}
         significant = harmful = False
         if y is not None:
@@ -157,10 +155,12 @@ def diagnose(
             ]
             first = {path: (population[path].mean, population[path].variance) for path, _ in usable}
             try:
-                probes._reestimate(model, usable, x, stats_slices, REESTIMATION_TOLERANCE, REESTIMATION_PASSES, first)
+                probes._reestimate(
+                    model, usable, x, stats_slices, REESTIMATION_TOLERANCE, REESTIMATION_PASSES, first, passes
+                )
             except ValueError:  # an inference-mode pass met a non-finite input: keep the batch-normalised pass
                 probes._assign_statistics(usable, first)
-            loss1, acc1 = _run(model, x, stats_slices, False, index, y, target)[:2]
+            loss1, acc1 = _run(passes, x, stats_slices, "inference", False, {}, index, y, target)[:2]
             loss0, acc0 = infer
             assert loss0 is not None and loss1 is not None
             gain = {"loss_now": float(loss0.mean()), "loss_reestimated": float(loss1.mean())}
