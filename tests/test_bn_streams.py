@@ -126,3 +126,47 @@ def test_a_non_finite_input_flags_its_channel_only():
     model.layers[0].kernel.assign(kernel)
     _, streams, _ = _pass(model, X, "inference", False, eager=False)
     assert np.flatnonzero(streams["bn1"].bad).tolist() == [3]
+
+
+def test_the_memory_pass_size_follows_the_widest_bn_input():
+    from bnbook._bn_streams import _memory_pass_size, _widest_bn_input
+    from bnbook.doctor.diagnosis import PASS_MEMORY_BYTES, PASS_SIZE_LARGEST
+
+    mlp = _bn_paths(_mlp())
+    assert _widest_bn_input(mlp) == 5
+    assert _memory_pass_size(mlp, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 128  # the book's networks: unchanged
+    set_up(0)
+    app = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, weights=None)
+    bns = _bn_paths(app)
+    assert _widest_bn_input(bns) == 112 * 112 * 48  # the expanded block_1 input, before its stride-2 depthwise
+    assert _memory_pass_size(bns, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 89  # the docstring's number
+    assert _memory_pass_size(bns, 10, PASS_SIZE_LARGEST) == 2  # never below 2 (a batch variance exists)
+
+
+def test_diagnose_passes_default_to_the_memory_pass_size(monkeypatch):
+    from bnbook import doctor
+    from bnbook.doctor import diagnosis
+
+    sizes = []
+    original = diagnosis._batches
+    def spy(n, size, drop_last, at_most=False):
+        slices = original(n, size, drop_last, at_most)
+        sizes.append(max(part.stop - part.start for part in slices))
+        return slices
+
+    monkeypatch.setattr(diagnosis, "_batches", spy)
+    monkeypatch.setattr(diagnosis, "PASS_MEMORY_BYTES", 20 * 5 * 10)  # 10 examples of the MLP's widest BN input
+    doctor.diagnose(_mlp(), X)  # 70 examples
+    assert sizes[0] == 10  # 7 passes of 10: none above the memory bound
+    sizes.clear()
+    doctor.diagnose(_mlp(), X, pass_size=7)
+    assert sizes[0] == 7  # a given pass_size: 10 passes of 7
+
+
+@pytest.mark.parametrize(("n", "size"), [(256, 89), (70, 10), (71, 10), (3, 2), (5, 128), (2, 2), (9, 4)])
+def test_passes_of_at_most_a_size_cover_x_and_keep_two_examples(n, size):
+    slices = _batches(n, size, drop_last=False, at_most=True)
+    lengths = [part.stop - part.start for part in slices]
+    assert sum(lengths) == n and slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    assert max(lengths) <= max(size, 3) and min(lengths) >= 2  # (3, 2): 3 examples cannot be split into 2s
+    assert max(lengths) - min(lengths) <= 1

@@ -56,7 +56,10 @@ subclasses). The measurements stream: each BN layer's ``call`` is wrapped for th
 duration of a pass so that it adds the per-channel count, mean and sum of squared
 deviations of its input (Chan et al.'s merge, float64) and nothing of size
 (examples x activations) is kept; one forward pass over ``x`` per mode measures every
-layer at once, in batches of ``pass_size``. The passes:
+layer at once, in batches of ``pass_size``. Each mode's pass is traced once into a
+``tf.function`` (TensorFlow frees each activation after its last use, where an eager
+call of a functional model holds all of them until it returns), and ``pass_size``
+defaults to 128 examples or fewer, so that one pass stays under about 1 GiB. The passes:
 
 1. *population* (dropout off; every BN layer normalises with the statistics of its
    batch, so that a broken layer upstream does not bias the layers after it): the

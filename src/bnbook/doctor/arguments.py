@@ -141,13 +141,14 @@ def _check_arguments(
     pass_size: Any,
     seed: Any,
     thresholds: dict[str, Any],
-) -> tuple[Thresholds, int | None, int, int, np.ndarray, str | None, Any, str | None, _Target | None]:
+) -> tuple[Thresholds, int | None, int | None, int, np.ndarray, str | None, Any, str | None, _Target | None]:
     """Every argument of :func:`diagnose` checked (raising as it documents), before any pass runs."""
     _check_model(model)
     t = Thresholds.with_overrides(thresholds)
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", minimum=1)
-    pass_size = check_int(pass_size, "pass_size", minimum=2)
+    if pass_size is not None:
+        pass_size = check_int(pass_size, "pass_size", minimum=2)
     seed = check_int(seed, "seed", minimum=0)
     x, cast_note = _check_x(model, x)
     sample = model(x[: min(2, len(x))], training=False)

@@ -43,7 +43,7 @@ class DoctorCallback(keras.callbacks.Callback):
             self.y,
             kwargs.pop("batch_size", None),
             kwargs.pop("output", None),
-            kwargs.pop("pass_size", 128),
+            kwargs.pop("pass_size", None),
             kwargs.pop("seed", 0),
             kwargs,
         )

@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels", default=None, help="the array of labels in the .npz (optional)")
     parser.add_argument("--batch-size", type=int, default=None, help="the training batch size")
     parser.add_argument("--output", default=None, help="the output the labels are for (index or name)")
-    parser.add_argument("--pass-size", type=int, default=128, help="examples per forward pass (default 128)")
+    parser.add_argument(
+        "--pass-size", type=int, default=None, help="examples per forward pass (default: 128, or fewer to stay under 1 GiB)"
+    )
     parser.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="NAME=VALUE", help="override a threshold")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--fail-on", choices=("error", "warning"), default="error", help="exit status 1 from this severity (default error)")

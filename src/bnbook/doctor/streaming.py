@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from bnbook._bn_streams import _batch_moments, _batches, _Passes, _recording, _Stream  # noqa: F401 - re-exported
+from bnbook._bn_streams import _batch_moments, _batches, _memory_pass_size, _Passes, _recording, _Stream  # noqa: F401 - re-exported
 from bnbook.doctor.scoring import _per_example, _select, _Target
 
 
