@@ -170,3 +170,33 @@ def test_passes_of_at_most_a_size_cover_x_and_keep_two_examples(n, size):
     assert sum(lengths) == n and slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
     assert max(lengths) <= max(size, 3) and min(lengths) >= 2  # (3, 2): 3 examples cannot be split into 2s
     assert max(lengths) - min(lengths) <= 1
+
+
+def test_successive_passes_do_not_trigger_the_frequent_retracing_warning():
+    """Each _Passes traces its own tf.function once; many diagnoses in a row (a chapter, a loop over models)
+    must not add up to TensorFlow's "N out of the last N calls ... triggered tf.function retracing" warning
+    (it counts traces per code object: closures made anew per pass did add up)."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = Collect()
+    model = _mlp()  # (set_up quiets TensorFlow's logger: its level is raised back to WARNING below)
+    bns = _bn_paths(model)
+    logger = logging.getLogger("tensorflow")  # TensorFlow's logger does not propagate to the root
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        for _ in range(8):
+            _Passes(model, bns).run(X, _batches(len(X), 128, drop_last=False), "inference", False, {})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [m for m in handler.messages if "retracing" in m]

@@ -143,12 +143,30 @@ def _recording(
                 layer.__dict__["call"] = original
 
 
+class _Step:
+    """The body of a compiled pass: the model's outputs and, per BN call, the moments its wrapper recorded."""
+
+    def __init__(self, model: keras.Model, training: bool) -> None:
+        self.model, self.training = model, training
+        self.meta: list[tuple[str, bool]] = []  # (path, masked) of each recorded call, in order (set when traced)
+        self._sink: list[tuple[str, bool, tuple[Any, ...]]] = []
+
+    def record(self, path: str, masked: bool, *moments: Any) -> None:
+        self._sink.append((path, masked, moments))
+
+    def __call__(self, batch: Any) -> tuple[Any, list[tuple[Any, ...]]]:
+        self._sink.clear()
+        out = self.model(batch, training=self.training)
+        self.meta[:] = [(path, masked) for path, masked, _ in self._sink]
+        return out, [moments for _, _, moments in self._sink]
+
+
 class _Passes:
     """Forward passes over ``x`` in slices that stream every BN input's moments, compiled once per mode.
 
     With the TensorFlow backend, each ``(mode, training)`` pair is traced once into a
     ``tf.function`` that returns the model's outputs and, for each BN call, the count,
-    mean, sum of squared deviations and non-finite count of its input; later passes in
+    mean, sum of squared deviations and non-finite flags of its input; later passes in
     that mode reuse the graph (it reads the moving statistics as they are then).
     Memory is the reason: TensorFlow's graph executor frees each activation after its
     last use, whereas an eager call of a functional model keeps every intermediate
@@ -184,20 +202,11 @@ class _Passes:
 
         key = (mode, training)
         if key not in self._compiled:
-            meta: list[tuple[str, bool]] = []
-            sink: list[tuple[str, bool, tuple[Any, ...]]] = []
-
-            def record(path: str, masked: bool, *moments: Any) -> None:
-                sink.append((path, masked, moments))
-
-            def step(batch: Any) -> tuple[Any, list[tuple[Any, ...]]]:
-                sink.clear()
-                out = self.model(batch, training=training)
-                meta[:] = [(path, masked) for path, masked, _ in sink]
-                return out, [moments for _, _, moments in sink]
-
+            step = _Step(self.model, training)
             spec = tf.TensorSpec((None, *x.shape[1:]), x.dtype)
-            self._compiled[key] = (tf.function(step, input_signature=[spec], autograph=False), meta, record)
+            # a callable object, not a closure: TensorFlow's frequent-retracing warning counts traces per
+            # code object, so closures of successive diagnoses would add up; each _Step traces once
+            self._compiled[key] = (tf.function(step, input_signature=[spec], autograph=False), step.meta, step.record)
         fn, meta, record = self._compiled[key]
         outputs = []
         with _recording(self.bns, mode, record):  # active while the first call traces
