@@ -297,6 +297,10 @@ def test_bad_input(trained: keras.Model, images: tuple[np.ndarray, np.ndarray]) 
         diagnose(trained, x, stale=2)
     with pytest.raises(ValueError, match="stale_variance must be a finite number > 0"):
         diagnose(trained, x, stale_variance=-1.0)
+    with pytest.raises(ValueError, match=r"stale_variance is a ratio band \[1/t, t\], so it must be > 1, got 1.0"):
+        diagnose(trained, x, stale_variance=1.0)  # was a ZeroDivisionError
+    with pytest.raises(ValueError, match="channel_fraction is a fraction, so it must be <= 1, got 5"):
+        diagnose(trained, x, channel_fraction=5)
     with pytest.raises(ValueError, match="pass_size"):
         diagnose(trained, x, pass_size=1)
     integers = np.clip(x * 40 + 128, 0, 255).astype("uint8")

@@ -45,7 +45,18 @@ class Thresholds:
                 raise TypeError(f"threshold {name} must be a number, got {value!r}")
             if not math.isfinite(float(value)) or float(value) <= 0:
                 raise ValueError(f"threshold {name} must be a finite number > 0, got {value!r}")
+            if name in _RATIO_BANDS and float(value) <= 1:  # a band [1/t, t]: t = 1 would divide by log(1) = 0
+                raise ValueError(f"threshold {name} is a ratio band [1/t, t], so it must be > 1, got {value!r}")
+            if name in _FRACTIONS and float(value) > 1:
+                raise ValueError(f"threshold {name} is a fraction, so it must be <= 1, got {value!r}")
         return cls(**overrides)
+
+
+#: Thresholds read as a band of ratios [1/t, t] (> 1) and as fractions (<= 1).
+_RATIO_BANDS = frozenset(
+    {"stale_variance", "channel_variance", "channel_broken_variance", "never_updated_variance", "input_scale_variance"}
+)
+_FRACTIONS = frozenset({"channel_fraction", "input_scale_fraction", "dropout_ratio"})
 
 
 #: The default thresholds.
