@@ -45,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 CASES: tuple[tuple[str, str, int, str, int, int | None], ...] = (
     ("MobileNetV2(alpha=0.35) diagnose, default pass_size", "mobilenetv2", 256, "diagnose", 32, None),
     ("MobileNetV2(alpha=0.35) diagnose, pass_size=128 (the previous default)", "mobilenetv2", 256, "diagnose", 32, 128),
+    ("MobileNetV2(alpha=0.35) diagnose, pass_size=32", "mobilenetv2", 256, "diagnose", 32, 32),
     ("MobileNetV2(alpha=0.35) reestimate_bn_statistics (defaults)", "mobilenetv2", 256, "reestimate", 32, None),
     ("MobileNetV2(alpha=0.35) reestimate_bn_statistics, batch_size=64", "mobilenetv2", 256, "reestimate", 32, 64),
     ("ResNet50 diagnose, default pass_size", "resnet50", 64, "diagnose", 16, None),
@@ -85,10 +86,11 @@ def _one(model_name: str, size: int, images: int, call: str, batch_size: int, pa
     if call == "diagnose":
         kwargs = {} if pass_size is None else {"pass_size": pass_size}
         report = diagnose(model, x, y, batch_size=batch_size, **kwargs)
-        from bnbook._bn_streams import _memory_pass_size  # noqa: PLC0415
+        from bnbook._bn_streams import _memory_pass_size, _widest_bn_input  # noqa: PLC0415
         from bnbook.doctor import diagnosis  # noqa: PLC0415
 
-        resolved = pass_size or _memory_pass_size(probes._bn_paths(model), diagnosis.PASS_MEMORY_BYTES, diagnosis.PASS_SIZE_LARGEST)
+        widest = _widest_bn_input(model, probes._bn_paths(model), x)
+        resolved = pass_size or _memory_pass_size(widest, diagnosis.PASS_MEMORY_BYTES, diagnosis.PASS_SIZE_LARGEST)
         outcome = f"pass_size {resolved}; {report._headline()}"
     else:
         kwargs = {} if pass_size is None else {"batch_size": pass_size}

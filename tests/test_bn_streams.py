@@ -54,7 +54,8 @@ def _pass(model, x, mode, training, eager, size=32):
     passes.eager = eager
     streams: dict[str, _Stream] = {}
     keras.utils.set_random_seed(5)
-    outputs = passes.run(x, _batches(len(x), size, drop_last=False), mode, training, streams)
+    outputs = []
+    passes.run(x, _batches(len(x), size, drop_last=False), mode, training, streams, lambda part, out: outputs.append(out))
     return passes, streams, np.concatenate([keras.ops.convert_to_numpy(o) for o in outputs])
 
 
@@ -94,17 +95,66 @@ def test_the_compiled_graph_is_reused_and_reads_the_moving_statistics_of_each_pa
     second: dict[str, _Stream] = {}
     passes.run(X, slices, "inference", False, second)
     assert len(passes._compiled) == 1
+    fn = passes._compiled[("inference", False)][0]
+    uneven: dict[str, _Stream] = {}
+    passes.run(X, [slice(0, 3), slice(3, 40), slice(40, 70)], "inference", False, uneven)  # three batch sizes
+    assert fn.experimental_get_tracing_count() == 1  # traced once: no retrace per pass or per batch size
     np.testing.assert_allclose(second["bn1"].variance, first["bn1"].variance, rtol=1e-5)
     assert np.all(second["bn2"].variance < first["bn2"].variance / 5)
 
 
 def test_the_training_mode_pass_is_compiled_with_dropout_and_batch_statistics():
+    """From the same random state, the compiled training pass draws the same dropout masks as an eager one:
+    bn2 (after the dropout) gets the same moments and the outputs agree."""
+    from bnbook.probes import unchanged_state
+
     model = _mlp()
-    passes, streams, out = _pass(model, X, "training", True, eager=False)
+    with unchanged_state(model):  # the dropout layer's seed-generator state is restored for the eager pass
+        passes, streams, out = _pass(model, X, "training", True, eager=False)
     assert not passes.eager and set(streams) == {"bn1", "bn2"}
+    _, reference, expected = _pass(model, X, "training", True, eager=True)
+    for path in ("bn1", "bn2"):
+        np.testing.assert_allclose(streams[path].mean, reference[path].mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(streams[path].variance, reference[path].variance, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     dense = model.layers[0]
     np.testing.assert_allclose(streams["bn1"].mean, (X @ dense.kernel.numpy() + dense.bias.numpy()).mean(0), rtol=1e-4, atol=1e-5)
-    assert out.shape == (len(X), 3)
+
+
+def _masked_gru():
+    set_up(0)
+    inputs = keras.Input((7,), dtype="int32")
+    h = L.Embedding(20, 6, mask_zero=True)(inputs)
+    return keras.Model(inputs, L.GRU(3)(L.BatchNormalization(name="bn")(h)))
+
+
+def _mixed_cnn():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        set_up(0)
+        return keras.Sequential(
+            [keras.Input((12, 12, 3)), L.Conv2D(4, 3), L.BatchNormalization(name="bn"), L.ReLU(), L.GlobalAveragePooling2D(), L.Dense(2)]
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("build", [_masked_gru, _mixed_cnn], ids=["masked", "mixed_float16"])
+@pytest.mark.parametrize(("mode", "training"), [("batch", False), ("inference", False), ("training", True)])
+def test_masked_and_mixed_precision_passes_compile_and_match_eager(build, mode, training):
+    model = build()
+    if build is _masked_gru:
+        x = np.random.default_rng(1).integers(0, 20, (30, 7)).astype("int32")
+        x[:, 5:] = 0  # padding
+    else:
+        x = np.random.default_rng(1).normal(size=(30, 12, 12, 3)).astype("float32")
+    passes, streams, out = _pass(model, x, mode, training, eager=False, size=8)
+    assert not passes.eager
+    _, reference, expected = _pass(model, x, mode, training, eager=True, size=8)
+    assert streams["bn"].masked == reference["bn"].masked == (build is _masked_gru)
+    np.testing.assert_allclose(streams["bn"].mean, reference["bn"].mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(streams["bn"].variance, reference["bn"].variance, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(out.astype("float32"), expected.astype("float32"), rtol=1e-3, atol=1e-3)
 
 
 def test_a_model_that_cannot_be_traced_runs_eagerly_with_the_same_result():
@@ -112,11 +162,34 @@ def test_a_model_that_cannot_be_traced_runs_eagerly_with_the_same_result():
     model = _Untraceable()
     model(X[:2])
     passes, streams, out = _pass(model, X, "inference", False, eager=False)
-    assert passes.eager  # it fell back
+    assert passes.eager  # it fell back, and says why
+    assert passes.fallback is not None and passes.fallback.split(":")[0].endswith("Error")
     _, reference, expected = _pass(model, X, "inference", False, eager=True)
     np.testing.assert_allclose(streams["bn"].variance, reference["bn"].variance, rtol=1e-5)
     assert streams["bn"].count == len(X)  # the failed compiled attempt left nothing behind
     np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+def test_running_out_of_memory_is_raised_not_retried_eagerly():
+    """Eager passes hold every activation: retrying them after an out-of-memory error would need more."""
+    import tensorflow as tf
+
+    class Hungry(L.Layer):
+        def call(self, x):
+            if isinstance(x, keras.KerasTensor):  # building the functional model
+                return x
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+        def compute_output_spec(self, x):
+            return keras.KerasTensor(x.shape, x.dtype)
+
+    set_up(0)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, Hungry()(L.BatchNormalization(name="bn")(inputs)))
+    passes = _Passes(model, _bn_paths(model))
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        passes.run(X, _batches(len(X), 32, drop_last=False), "inference", False, {})
+    assert not passes.eager
 
 
 def test_a_non_finite_input_flags_its_channel_only():
@@ -132,15 +205,29 @@ def test_the_memory_pass_size_follows_the_widest_bn_input():
     from bnbook._bn_streams import _memory_pass_size, _widest_bn_input
     from bnbook.doctor.diagnosis import PASS_MEMORY_BYTES, PASS_SIZE_LARGEST
 
-    mlp = _bn_paths(_mlp())
-    assert _widest_bn_input(mlp) == 5
-    assert _memory_pass_size(mlp, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 128  # the book's networks: unchanged
+    mlp = _mlp()
+    assert _widest_bn_input(mlp, _bn_paths(mlp), X) == 5
+    assert _memory_pass_size(5, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 128  # the book's networks: unchanged
     set_up(0)
     app = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, weights=None)
-    bns = _bn_paths(app)
-    assert _widest_bn_input(bns) == 112 * 112 * 48  # the expanded block_1 input, before its stride-2 depthwise
-    assert _memory_pass_size(bns, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 89  # the docstring's number
-    assert _memory_pass_size(bns, 10, PASS_SIZE_LARGEST) == 2  # never below 2 (a batch variance exists)
+    widest = _widest_bn_input(app, _bn_paths(app), np.zeros((2, 224, 224, 3), "float32"))
+    assert widest == 112 * 112 * 48  # block_1_expand_BN's input, before its stride-2 depthwise convolution
+    assert _memory_pass_size(widest, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST) == 89  # the docstring's number
+    assert _memory_pass_size(widest, 10, PASS_SIZE_LARGEST) == 2  # never below 2 (a batch variance exists)
+
+
+def test_the_widest_bn_input_is_measured_when_the_base_has_no_input_shape():
+    """keras.applications(include_top=False) without input_shape: its BN layers' built shapes have no spatial
+    size, so the widest input is measured on the images (review 3, L-a)."""
+    from bnbook._bn_streams import _widest_bn_input
+
+    set_up(0)
+    base = keras.applications.MobileNetV2(alpha=0.35, weights=None, include_top=False)
+    inputs = keras.Input((96, 96, 3))
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(base(inputs))))
+    bns = _bn_paths(model)
+    assert any(None in tuple(shape)[1:] for _, bn in bns for shape in bn._build_shapes_dict.values())
+    assert _widest_bn_input(model, bns, np.zeros((3, 96, 96, 3), "float32")) == 48 * 48 * 48
 
 
 def test_diagnose_passes_default_to_the_memory_pass_size(monkeypatch):

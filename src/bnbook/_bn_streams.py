@@ -172,32 +172,53 @@ class _Passes:
     last use, whereas an eager call of a functional model keeps every intermediate
     tensor until it returns (MobileNetV2-0.35 at 224 x 224: about 8 MB against 37 MB
     per example of a pass). A model that cannot be traced (or another backend) runs
-    eagerly, as before.
+    eagerly, as before, and ``fallback`` says why (an out-of-memory error is raised
+    instead: eager passes would need more).
     """
 
     def __init__(self, model: keras.Model, bns: list[tuple[str, keras.layers.Layer]]) -> None:
         self.model = model
         self.bns = bns
         self.eager = keras.backend.backend() != "tensorflow"
+        self.fallback: str | None = None  # why the passes run eagerly, when a compiled one failed
         self._compiled: dict[tuple[str, bool], tuple[Any, list[tuple[str, bool]], _Record]] = {}
 
-    def run(self, x: np.ndarray, slices: list[slice], mode: str, training: bool, streams: dict[str, _Stream]) -> list[Any]:
-        """One pass: the moments go into ``streams``; returns the model's outputs, one per slice."""
+    def run(
+        self,
+        x: np.ndarray,
+        slices: list[slice],
+        mode: str,
+        training: bool,
+        streams: dict[str, _Stream],
+        each: Callable[[slice, Any], None] | None = None,
+    ) -> None:
+        """One pass: the moments go into ``streams``; ``each(slice, outputs)`` sees the model's outputs of
+        every slice (none are kept: a segmentation model's outputs are of size examples x pixels)."""
         if not self.eager:
             try:
-                return self._run_compiled(x, slices, mode, training, streams)
-            except Exception:  # noqa: BLE001 - not traceable: run eagerly, which raises a real error again
+                self._run_compiled(x, slices, mode, training, streams, each)
+                return
+            except Exception as error:  # noqa: BLE001 - not traceable: run eagerly, which raises a real error again
+                if type(error).__name__ == "ResourceExhaustedError":  # out of memory: eager would need more
+                    raise
                 self.eager = True
+                self.fallback = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}"
                 streams.clear()
-        outputs = []
         with _recording(self.bns, mode, streams):
             for part in slices:
-                outputs.append(self.model(x[part], training=training))
-        return outputs
+                out = self.model(x[part], training=training)
+                if each is not None:
+                    each(part, out)
 
     def _run_compiled(
-        self, x: np.ndarray, slices: list[slice], mode: str, training: bool, streams: dict[str, _Stream]
-    ) -> list[Any]:
+        self,
+        x: np.ndarray,
+        slices: list[slice],
+        mode: str,
+        training: bool,
+        streams: dict[str, _Stream],
+        each: Callable[[slice, Any], None] | None,
+    ) -> None:
         import tensorflow as tf
 
         key = (mode, training)
@@ -208,16 +229,15 @@ class _Passes:
             # code object, so closures of successive diagnoses would add up; each _Step traces once
             self._compiled[key] = (tf.function(step, input_signature=[spec], autograph=False), step.meta, step.record)
         fn, meta, record = self._compiled[key]
-        outputs = []
         with _recording(self.bns, mode, record):  # active while the first call traces
             for part in slices:
                 out, moments = fn(x[part])
-                outputs.append(out)
+                if each is not None:
+                    each(part, out)
                 for (path, masked), (count, mean, m2, bad) in zip(meta, moments):
                     stream = streams.setdefault(path, _Stream())
                     stream.masked = stream.masked or masked
                     stream.add(int(count.numpy()), mean.numpy(), m2.numpy(), bad.numpy())
-        return outputs
 
 
 #: Bytes of a pass per float32 value of the widest BN input of one example: the model's own tensors
@@ -226,20 +246,29 @@ class _Passes:
 _PASS_BYTES_PER_VALUE = 4 * 5
 
 
-def _widest_bn_input(bns: list[tuple[str, keras.layers.Layer]]) -> int:
-    """Values per example of the largest input of any BN layer (its built shape without the batch axis), at least 1."""
-    widest = 1
-    for _, layer in bns:
-        shapes = getattr(layer, "_build_shapes_dict", None) or {}
-        for shape in shapes.values():
-            dims = [int(d) for d in tuple(shape)[1:] if d is not None] if shape is not None else []
-            widest = max(widest, int(np.prod(dims)) if dims else 1)
-    return widest
+def _widest_bn_input(model: keras.Model, bns: list[tuple[str, keras.layers.Layer]], x: np.ndarray) -> int:
+    """Values per example of the largest input of any BN call, measured on a forward pass of ``x[:2]``.
+
+    Measured rather than read from the layers' built shapes, which have unknown
+    spatial dimensions in a base built without ``input_shape`` (the usual
+    ``keras.applications`` transfer-learning call).
+    """
+    widest = [1]
+    examples = min(2, len(x))
+
+    def record(path: str, masked: bool, count: Any, mean: Any, *_: Any) -> None:
+        channels = int(mean.shape[0])
+        widest[0] = max(widest[0], int(keras.ops.convert_to_numpy(count)) * channels // examples)
+
+    with _recording(bns, "inference", record):
+        model(x[:examples], training=False)
+    return widest[0]
 
 
-def _memory_pass_size(bns: list[tuple[str, keras.layers.Layer]], budget_bytes: int, largest: int) -> int:
-    """The largest pass size up to ``largest`` (and at least 2) whose estimated memory fits ``budget_bytes``."""
-    per_example = _PASS_BYTES_PER_VALUE * _widest_bn_input(bns)
+def _memory_pass_size(widest: int, budget_bytes: int, largest: int) -> int:
+    """The largest pass size up to ``largest`` (and at least 2) whose estimated memory fits ``budget_bytes``,
+    for a model whose widest BN input holds ``widest`` values per example."""
+    per_example = _PASS_BYTES_PER_VALUE * max(1, int(widest))
     return int(max(2, min(largest, budget_bytes // per_example)))
 
 

@@ -17,7 +17,7 @@ from bnbook.doctor.findings import Finding, Report, _sorted
 from bnbook.doctor.graph import _bn_paths, _dropout_upstream
 from bnbook.doctor.scoring import _paired
 from bnbook.doctor.static import _check_static
-from bnbook.doctor.streaming import _batches, _memory_pass_size, _Passes, _run, _Stream
+from bnbook.doctor.streaming import _batches, _memory_pass_size, _Passes, _run, _Stream, _widest_bn_input
 from bnbook.doctor.thresholds import Thresholds
 
 #: The re-estimation whose gain the doctor measures stops when a pass changes no statistic by more than
@@ -138,7 +138,8 @@ def diagnose(
     dropout_fed = {path: d for path, bn in bns if (d := _dropout_upstream(bn)) is not None}
 
     if pass_size is None:  # passes of at most the size that fits the memory bound
-        stats_slices = _batches(len(x), _memory_pass_size(bns, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST), False, True)
+        fits = _memory_pass_size(_widest_bn_input(model, bns, x), PASS_MEMORY_BYTES, PASS_SIZE_LARGEST)
+        stats_slices = _batches(len(x), fits, False, True)
     else:  # x split evenly into passes of pass_size to 2 * pass_size - 1 examples
         stats_slices = _batches(len(x), pass_size, drop_last=False)
     population: dict[str, _Stream] = {}

@@ -15,7 +15,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from bnbook._bn_streams import _batch_moments, _batches, _memory_pass_size, _Passes, _recording, _Stream  # noqa: F401 - re-exported
+from bnbook._bn_streams import (  # noqa: F401 - re-exported
+    _batch_moments,
+    _batches,
+    _memory_pass_size,
+    _Passes,
+    _recording,
+    _Stream,
+    _widest_bn_input,
+)
 from bnbook.doctor.scoring import _per_example, _select, _Target
 
 
@@ -31,14 +39,19 @@ def _run(
     target: _Target | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """One pass (moments into ``streams``); per-example losses and accuracies when ``y`` is given."""
-    losses, accuracies, seen = [], [], 0
-    for part, out in zip(slices, passes.run(x, slices, mode, training, streams)):
-        seen += part.stop - part.start
+    losses: list[np.ndarray] = []
+    accuracies: list[np.ndarray] = []
+    seen = [0]
+
+    def score(part: slice, out: Any) -> None:
+        seen[0] += part.stop - part.start
         if y is not None and target is not None:
             loss, acc = _per_example(_select(out, index), y[part], target)
             losses.append(loss)
             if acc is not None:
                 accuracies.append(acc)
+
+    passes.run(x, slices, mode, training, streams, score)
     if not losses:
-        return None, None, seen
-    return np.concatenate(losses), (np.concatenate(accuracies) if accuracies else None), seen
+        return None, None, seen[0]
+    return np.concatenate(losses), (np.concatenate(accuracies) if accuracies else None), seen[0]
