@@ -119,7 +119,19 @@ name                        default where it comes from
                                     standard errors over examples (inference mode)...
 ``gap_min``                 0.01    ...and above 1 point (a negligible difference)
 ``gap_loss_ratio``          2.0     regression: inference loss above twice the
-                                    training-mode loss (no local evidence: a guess)
+                                    training-mode loss, and the re-estimation gain: loss
+                                    now above twice the re-estimated loss (no local
+                                    evidence: a guess)
+``gain_loss_ratio``         1.25    classification: re-estimating is also significant
+                                    when it lowers the mean cross-entropy on ``x`` below
+                                    1/1.25 = 80 % of its value *and* by more than
+                                    ``gap_z`` paired standard errors (evidence
+                                    ``loss_rise_z`` below -``gap_z``), whatever the
+                                    accuracy does: a fifth of the loss is a minimum size,
+                                    as ``gap_min`` is for accuracy (not calibrated;
+                                    review 2's CNN with BN1's variance / 8: 0.894 ->
+                                    0.496, x1.8, held-out loss doubled, accuracy -4
+                                    points, only a warning before)
 ``small_batch``             16      rule of thumb (Wu and He's ImageNet measurements);
                                     for Dense layers the std of a batch mean is
                                     1/sqrt(B) of the feature's, for convolutions the

@@ -14,8 +14,8 @@ from bnbook.doctor.arguments import _check_arguments
 from bnbook.doctor.data_checks import _check_dropout, _check_gap, _check_inputs, _check_statistics
 from bnbook.doctor.evidence import _FIX, _info
 from bnbook.doctor.findings import Finding, Report, _sorted
-from bnbook.doctor.graph import _bn_paths, _dropout_upstream
-from bnbook.doctor.scoring import _paired
+from bnbook.doctor.graph import _bn_fed_by_input, _bn_paths, _dropout_upstream
+from bnbook.doctor.scoring import _final_reading, _paired
 from bnbook.doctor.static import _check_static
 from bnbook.doctor.streaming import _batches, _Passes, _run, _Stream
 from bnbook.doctor.thresholds import Thresholds
@@ -27,6 +27,13 @@ REESTIMATION_TOLERANCE = 1e-2
 #: 2 * pass_size examples) the second pass already confirms exact statistics; in several batches a deep
 #: network can need more, and the gain is then measured on statistics within a few passes of the fix's.
 REESTIMATION_PASSES = 4
+
+def _z(difference: float, se: float) -> float:
+    """``difference`` in standard errors (0 for no difference, +-inf for a difference with no spread)."""
+    if se > 0:
+        return difference / se
+    return 0.0 if difference == 0 else math.copysign(math.inf, difference)
+
 
 def static_checks(model: keras.Model, *, batch_size: int | None = None, **thresholds: float) -> Report:
     """The checks that need no data (variables, hyperparameters, graph, optimizer, batch size).
@@ -67,9 +74,24 @@ def diagnose(
 ) -> Report:
     """Diagnose every BN layer of ``model`` on a sample ``x`` (and labels ``y``) of its training data.
 
+    The power of the mode-gap test (``train_inference_gap``, with labels): it compares
+    the two modes over the ``len(x) // batch_size`` training-mode batches (a last,
+    incomplete one is dropped), with a Student-t critical value on batches - 1 degrees
+    of freedom, the equivalent of ``gap_z`` = 3 normal standard errors. With fewer than
+    about 10 batches that value is large (4 batches: 9.2 standard errors; 6: 5.5; 10:
+    4.1; 15: 3.6; 30: 3.3), so the test is nearly blind there: 96 examples in batches
+    of 16 find only a gap above 5.5 standard errors. To give it power, pass more
+    examples (a few hundred: 320 at ``batch_size=32`` give 10 batches). A smaller
+    ``batch_size`` also gives more batches, but the training-mode pass then uses
+    noisier batch statistics than training did, which lowers the training-mode
+    accuracy: the test stays conservative, with a smaller gap to find. The stale and
+    re-estimation checks do not depend on it (their standard errors are over examples).
+
     Args:
         model: A built single-input Keras model (Sequential, Functional, subclassed
-            with an ``Input``), BN layers anywhere in it: nested models at any depth,
+            with an ``Input`` or built by calling it on data: its input is then taken
+            to be ``x.shape[1:]`` and ``x`` is passed as it is, integer or not), BN
+            layers anywhere in it: nested models at any depth,
             ``keras.applications`` bases, shared layers,
             ``keras.layers.BatchNormalization`` and :class:`bnbook.layers.BatchNorm`.
         x: Training inputs, shape ``(N, *input shape)``, N >= 2, finite (a few
@@ -109,6 +131,10 @@ def diagnose(
     t, batch_size, pass_size, seed, x, cast_note, index, output_note, target = _check_arguments(
         model, x, y, batch_size, output, pass_size, seed, thresholds
     )
+    if target is not None:
+        # Probabilities or logits: decided once, from the output's last layer, else from the first
+        # (inference-mode) pass scored, and used in every pass.
+        target.probabilities = _final_reading(model, index, target.kind)
     order = np.random.default_rng(seed).permutation(len(x))
     x = x[order]
     y = None if y is None else y[order]
@@ -168,11 +194,19 @@ def diagnose(
             # (both passes in inference mode, so the examples are independent) above gap_z standard errors.
             rise, rise_se = _paired(loss1, loss0)
             worse = rise > t.gap_z * rise_se
-            gain["loss_rise_z"] = rise / rise_se if rise_se > 0 else (0.0 if rise == 0 else math.copysign(math.inf, rise))
+            gain["loss_rise_z"] = _z(rise, rise_se)
             if acc0 is not None and acc1 is not None:
                 diff, se = _paired(acc1, acc0)
                 gain.update(accuracy_now=float(acc0.mean()), accuracy_reestimated=float(acc1.mean()))
-                significant = diff > t.gap_min and diff > t.gap_z * se
+                # Significant when either the accuracy or the loss improves significantly (review 2, N4): a
+                # re-estimation that halves the cross-entropy at equal accuracy shows statistics that distort the
+                # outputs (confidence, calibration) even where the argmax survives; the book reads the loss
+                # first. Paired per-example differences
+                # (both passes in inference mode), each above gap_z standard errors and a minimum size; the loss
+                # drop is -rise (same paired SE), so loss_rise_z below -gap_z is the loss test.
+                accuracy_gain = diff > t.gap_min and diff > t.gap_z * se
+                loss_gain = gain["loss_now"] > t.gain_loss_ratio * gain["loss_reestimated"] and -rise > t.gap_z * rise_se
+                significant = accuracy_gain or loss_gain
                 harmful = worse and diff <= 0
             else:
                 diff, se = _paired(loss0, loss1)
@@ -186,7 +220,17 @@ def diagnose(
     findings += _check_inputs(bns, inference)
     explained = any(f.kind == "non_finite" for f in findings)  # re-estimation's gain is then the NaN's
     stat_findings, rows = _check_statistics(
-        bns, population, training, dropout_fed, gain, significant, harmful, t, explained, integer_x=cast_note is not None
+        bns,
+        population,
+        training,
+        dropout_fed,
+        gain,
+        significant,
+        harmful,
+        t,
+        explained,
+        integer_x=cast_note is not None,
+        input_fed=_bn_fed_by_input(model, bns),
     )
     findings += stat_findings
     findings += _check_dropout(rows, dropout_fed, t)

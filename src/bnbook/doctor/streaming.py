@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from bnbook._bn_streams import _batch_moments, _batches, _Passes, _recording, _Stream  # noqa: F401 - re-exported
-from bnbook.doctor.scoring import _per_example, _select, _Target
+from bnbook.doctor.scoring import _decide_reading, _per_example, _select, _Target
 
 
 def _run(
@@ -32,7 +32,10 @@ def _run(
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """One pass (moments into ``streams``); per-example losses and accuracies when ``y`` is given."""
     losses, accuracies, seen = [], [], 0
-    for part, out in zip(slices, passes.run(x, slices, mode, training, streams)):
+    outputs = passes.run(x, slices, mode, training, streams)
+    if y is not None and target is not None:
+        _decide_reading([_select(out, index) for out in outputs], target)  # once: the first pass scored
+    for part, out in zip(slices, outputs):
         seen += part.stop - part.start
         if y is not None and target is not None:
             loss, acc = _per_example(_select(out, index), y[part], target)
