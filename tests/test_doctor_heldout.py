@@ -311,6 +311,12 @@ def test_heldout_residual_first_dropout() -> None:
     keras.utils.set_random_seed(23)
     model = _fit(residual_first(dropout=0.4), "residual_first")
     report = _run("residual_first", model)
+    # What the doctor does report (review 2, W-c): the dropout-fed layer named, as info, with its measured
+    # inference/training variance ratio below 1 (0.87 in the first run); a regression that dropped the
+    # layer would fail here rather than pass as "still xfail".
+    (shift,) = [f for f in report.findings if f.kind == "dropout_variance_shift"]
+    assert shift.layer == "branch_bn" and shift.severity == "info", str(report)
+    assert 0.5 < shift.evidence["inference_training_variance_ratio"] < 1.0, shift.evidence
     assert report.layers("dropout_variance_shift") == ["branch_bn"], str(report)
 
 

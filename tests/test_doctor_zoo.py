@@ -286,7 +286,13 @@ def test_heads_variance_break_is_a_warning() -> None:
     model = _fresh("heads")
     _set(_bn(model, "trunk_bn"), "moving_variance", lambda v: v / 30.0)
     for output in ("klass", "flag"):
-        assert _run("heads", model, output=output).layers("stale_statistics") == ["trunk_bn"]
+        report = _run("heads", model, output=output)
+        # What the doctor does report (review 2, W-c): the layer, as info, with every channel far below the
+        # band (variance / 30), so a regression that dropped the layer fails here instead of "still xfail".
+        (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
+        assert stale.layer == "trunk_bn" and stale.severity == "info", str(report)
+        assert stale.evidence["var_ratio"] < 0.1 and "adapted" in stale.evidence, stale.evidence
+        assert report.layers("stale_statistics") == ["trunk_bn"]
 
 
 def test_heads_mean_break() -> None:
