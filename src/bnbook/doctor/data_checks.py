@@ -35,6 +35,7 @@ def _check_statistics(
     explained: bool = False,
     integer_x: bool = False,
     input_fed: set[str] | None = None,
+    gain_names_layer: bool | None = None,
 ) -> tuple[list[Finding], dict[str, dict[str, float]]]:
     """``never_updated`` and ``stale_statistics`` per BN layer, with per-channel evidence.
 
@@ -62,8 +63,9 @@ def _check_statistics(
     warning otherwise. This test is global (one re-estimation of every layer) and in
     sample (on ``x``), so an info line with a large ``var_ratio`` still deserves a
     held-out check. When no layer is outside the bands but
-    re-estimating every layer gains significantly (and no non-finite value explains
-    the gain), the most deviant layer is reported as an error with
+    re-estimating every layer gains significantly by accuracy (``gain_names_layer``;
+    regression: by loss; a loss-only gain of a classifier names no layer by itself) and
+    no non-finite value explains the gain, the most deviant layer is reported as an error with
     ``below_bands`` in its evidence: the measured gain is the evidence (found on the
     out-of-sample CNN of ``tests/test_doctor_zoo.py``, whose decision is sensitive
     to small offsets).
@@ -161,7 +163,9 @@ def _check_statistics(
     if input_fed:
         _name_preprocessing_first(findings, scores, input_fed)
     explained = explained or any(f.kind in ("stale_statistics", "never_updated", "input_scale") for f in findings)
-    if gain_significant and not explained and scores:
+    if gain_names_layer is None:
+        gain_names_layer = gain_significant
+    if gain_names_layer and not explained and scores:
         # Below every band, yet re-estimating all layers gains significantly: the measured gain is the
         # evidence (a model whose decision is sensitive to small offsets); name the most deviant layer.
         path = max(scores, key=lambda p: scores[p][0])
