@@ -126,3 +126,14 @@ def test_a_non_finite_input_flags_its_channel_only():
     model.layers[0].kernel.assign(kernel)
     _, streams, _ = _pass(model, X, "inference", False, eager=False)
     assert np.flatnonzero(streams["bn1"].bad).tolist() == [3]
+
+
+def test_a_failed_trace_leaves_no_keras_name_scope_behind():
+    # The fallback used to leave the untraceable call's name scope on Keras's stack: every variable created
+    # afterwards got "__untraceable/" in its path (tests/test_probes.py's bn_variables failed after this file).
+    model = _Untraceable()
+    model(X[:2])
+    _pass(model, X, "inference", False, eager=False)
+    fresh = L.BatchNormalization(name="after")
+    fresh.build((None, 4))
+    assert fresh.gamma.path == "after/gamma"

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras.src.backend.common import global_state  # the Keras name-scope stack (see _Passes.run)
 
 
 def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
@@ -166,11 +167,19 @@ class _Passes:
     def run(self, x: np.ndarray, slices: list[slice], mode: str, training: bool, streams: dict[str, _Stream]) -> list[Any]:
         """One pass: the moments go into ``streams``; returns the model's outputs, one per slice."""
         if not self.eager:
+            scopes = global_state.get_global_attribute("name_scope_stack")
+            depth = len(scopes) if scopes else 0
             try:
                 return self._run_compiled(x, slices, mode, training, streams)
             except Exception:  # noqa: BLE001 - not traceable: run eagerly, which raises a real error again
                 self.eager = True
                 streams.clear()
+                # A trace that fails inside a layer's call leaves that call's Keras name scope on the
+                # stack (keras/src/backend/common/name_scope.py), and every variable created afterwards
+                # in this thread would get its name as a path prefix: drop what the failed trace left.
+                scopes = global_state.get_global_attribute("name_scope_stack")
+                if scopes:
+                    del scopes[depth:]
         outputs = []
         with _recording(self.bns, mode, streams):
             for part in slices:

@@ -56,7 +56,8 @@ def _check_statistics(
     all statistics gains significantly: accuracy by ``gap_z`` paired standard errors
     and ``gap_min``, *or* (classification) cross-entropy down by ``gap_z`` paired
     standard errors to below 1/``gain_loss_ratio`` of its value (regression: the loss
-    down to below 1/``gap_loss_ratio`` and ``gap_z`` standard errors); info when it makes the loss on ``x`` *significantly* worse (the
+    down to below 1/``gap_loss_ratio`` and ``gap_z`` standard errors); info when it
+    makes the loss on ``x`` *significantly* worse (the
     paired per-example loss increase above ``gap_z`` standard errors, evidence
     ``loss_rise_z``) and the accuracy no better (the weights are adapted to these
     statistics, as with Batch Renormalization, chapter 8; evidence ``adapted``), a
@@ -65,7 +66,8 @@ def _check_statistics(
     held-out check. When no layer is outside the bands but
     re-estimating every layer gains significantly by accuracy (``gain_names_layer``;
     regression: by loss; a loss-only gain of a classifier names no layer by itself) and
-    no non-finite value explains the gain, the most deviant layer is reported as an error with
+    no non-finite value explains the gain, the most deviant layer is reported as an
+    error with
     ``below_bands`` in its evidence: the measured gain is the evidence (found on the
     out-of-sample CNN of ``tests/test_doctor_zoo.py``, whose decision is sensitive
     to small offsets).
@@ -195,8 +197,9 @@ def _name_preprocessing_first(
         return
     if any(f.layer == path for f in off for path in deeper):
         return
+    chosen = {id(f) for f in stale}
     for i, f in enumerate(findings):
-        if f in stale:
+        if id(f) in chosen:
             findings[i] = dataclasses.replace(f, fix=_FIX["stale_statistics_first_layers"])
 
 
