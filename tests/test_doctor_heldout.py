@@ -58,6 +58,18 @@ uses for the gain. The change was decided from that reasoning, not tuned on thes
 it was made *after* this set had been seen, so the two "fixed by N1" rows are no longer a
 held-out result: after it, 10 of 11 named at warning or above, 6 healthy still clean. The
 dropout miss (0.87, inside the 0.8 band) stays an ``xfail(strict=True)``.
+
+Review 2 N4 (a significant loss-only gain of re-estimating counts as significant for a
+classifier, ``gain_loss_ratio``), also after this set had been seen: its first version let a
+loss-only gain name a layer inside every band (``below_bands``), and that flipped one outcome
+here, the healthy ``shared_transfer`` model (loss on x 0.065 -> 0.049, 3.9 paired SEs,
+accuracy 1.0 both: a below_bands error), as well as the zoo's healthy cnn_last and cnn_first
+and 8 of chapter 10's calibration reports. The final rule (a loss-only gain raises the
+severity of a layer a band already flags, and names no layer by itself) was decided on
+chapter 10's reports (re-estimating lowers its healthy MLPs' loss 22-46 % at equal accuracy:
+statistics lagging within the bands), but this flip was seen at the same time, so the
+healthy rows' "6 of 6 clean" is, for the N4 rule, no longer a held-out result. Changed after
+the set was seen: no other outcome of this table moved.
 """
 
 from __future__ import annotations
@@ -304,6 +316,7 @@ def test_heldout_residual_first_variance_shrunk() -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="held-out partial miss: dropout_variance_shift only info (inference/training variance ratio 0.87, "
     "inside the 0.8 threshold: Dropout(0.4) before a separable convolution shifts the variance less than before Dense)",
 )
@@ -311,6 +324,15 @@ def test_heldout_residual_first_dropout() -> None:
     keras.utils.set_random_seed(23)
     model = _fit(residual_first(dropout=0.4), "residual_first")
     report = _run("residual_first", model)
+    # What the doctor does report (review 2, W-c): the dropout-fed layer named, as info, with its measured
+    # inference/training variance ratio below 1 (0.87 in the first run). pytest.fail raises Failed, not the
+    # AssertionError this xfail expects (raises=), so a regression that dropped the layer fails the test
+    # instead of passing as "still xfail".
+    shifts = [f for f in report.findings if f.kind == "dropout_variance_shift" and f.layer == "branch_bn"]
+    if len(shifts) != 1 or shifts[0].severity != "info":
+        pytest.fail(f"the doctor no longer names branch_bn as an info dropout_variance_shift:\n{report}")
+    if not 0.5 < shifts[0].evidence["inference_training_variance_ratio"] < 1.0:
+        pytest.fail(f"the measured variance ratio moved: {shifts[0].evidence}")
     assert report.layers("dropout_variance_shift") == ["branch_bn"], str(report)
 
 

@@ -17,6 +17,7 @@ import pytest
 from bnbook import doctor
 from bnbook.doctor import DoctorCallback, diagnose, main, static_checks
 from bnbook.layers import BatchNorm
+from bnbook.probes import reestimate_bn_statistics
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,3 +427,30 @@ def test_override_fix_says_what_freezing_costs_and_when_it_matters() -> None:
     """Review L7, L8: the fix names the frozen gamma/beta and that a model that only predicts is unaffected."""
     fix = doctor.evidence._FIX["training_false_override"]
     assert "gamma and beta then stop training" in fix and "only predicts is unaffected" in fix
+
+
+def _smooth_images(n: int, size: int, seed: int) -> np.ndarray:
+    """Images in [-1, 1] with spatial structure (upsampled noise through tanh), as preprocess_input gives."""
+    gen = np.random.default_rng(seed)
+    coarse = np.repeat(np.repeat(gen.standard_normal((n, size // 4, size // 4, 3)), 4, axis=1), 4, axis=2)
+    return np.tanh(coarse + 0.3 * gen.standard_normal((n, size, size, 3))).astype("float32")
+
+
+def test_preprocessing_mismatch_names_preprocessing_first_on_mobilenetv2() -> None:
+    # Review 2 N3: MobileNetV2's statistics from [-1, 1] images (its preprocess_input), diagnosed on [0, 1]
+    # images of the same kind. Only bn_Conv1 (fed by the input through no earlier BN) is off; every deeper
+    # layer sees normalised values again. The fix names preprocessing first; the severity is unchanged.
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        input_shape=(48, 48, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
+    reestimate_bn_statistics(model, _smooth_images(128, 48, seed=1))
+    x = _smooth_images(64, 48, seed=2)
+    assert diagnose(model, x).problems == []  # the same preprocessing: clean
+    report = diagnose(model, (x + 1.0) / 2.0)
+    assert report.layers("stale_statistics") == ["bn_Conv1"], str(report)
+    assert report.kinds("error", "warning") == {"stale_statistics"}
+    (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
+    assert stale.severity == "warning"  # no labels: no gain measured, a warning as before
+    assert stale.fix.startswith("if x is not preprocessed as in training")
+    assert stale.fix.index("preprocess_input") < stale.fix.index("probes.reestimate_bn_statistics")

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras.src.backend.common import global_state  # the Keras name-scope stack (see _Passes.run)
 
 
 def _channel_axis(layer: keras.layers.Layer, rank: int) -> int:
@@ -181,6 +182,7 @@ class _Passes:
         self.bns = bns
         self.eager = keras.backend.backend() != "tensorflow"
         self.fallback: str | None = None  # why the passes run eagerly, when a compiled one failed
+        self._delivered = 0  # slices the current compiled pass has run
         self._compiled: dict[tuple[str, bool], tuple[Any, list[tuple[str, bool]], _Record]] = {}
 
     def run(
@@ -195,14 +197,24 @@ class _Passes:
         """One pass: the moments go into ``streams``; ``each(slice, outputs)`` sees the model's outputs of
         every slice (none are kept: a segmentation model's outputs are of size examples x pixels)."""
         if not self.eager:
+            scopes = global_state.get_global_attribute("name_scope_stack")
+            depth = len(scopes) if scopes else 0
+            self._delivered = 0
             try:
                 self._run_compiled(x, slices, mode, training, streams, each)
                 return
             except Exception as error:  # noqa: BLE001 - not traceable: run eagerly, which raises a real error again
-                if type(error).__name__ == "ResourceExhaustedError":  # out of memory: eager would need more
-                    raise
+                # A trace that fails inside a layer's call leaves that call's Keras name scope on the
+                # stack (keras/src/backend/common/name_scope.py), and every variable created afterwards
+                # in this thread would get its name as a path prefix: drop what the failed trace left.
+                scopes = global_state.get_global_attribute("name_scope_stack")
+                if scopes:
+                    del scopes[depth:]
+                if type(error).__name__ == "ResourceExhaustedError" or self._delivered:
+                    raise  # out of memory (eager would need more), or a failure after the trace ran: not a trace problem
                 self.eager = True
-                self.fallback = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}"
+                message = str(error).strip()
+                self.fallback = f"{type(error).__name__}: {message.splitlines()[0][:160] if message else ''}"
                 streams.clear()
         with _recording(self.bns, mode, streams):
             for part in slices:
@@ -232,6 +244,7 @@ class _Passes:
         with _recording(self.bns, mode, record):  # active while the first call traces
             for part in slices:
                 out, moments = fn(x[part])
+                self._delivered += 1
                 if each is not None:
                     each(part, out)
                 for (path, masked), (count, mean, m2, bad) in zip(meta, moments):

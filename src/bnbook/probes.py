@@ -460,7 +460,9 @@ def reestimate_bn_statistics(
     can hold.
 
     Args:
-        model: A built single-input Keras model with at least one BN layer.
+        model: A built single-input Keras model with at least one BN layer (a
+            subclassed model built by calling it on data, without ``keras.Input``,
+            included: its input is ``x``).
         x: Model inputs, e.g. the training images; at least 2 examples.
         batch_size: Examples per forward pass, >= 2 (memory and speed: with all of
             ``x`` in one batch the first pass is already exact; see above).
@@ -489,8 +491,12 @@ def reestimate_bn_statistics(
     bns = _bn_paths(model)
     if not bns:
         raise ValueError("the model has no BN layer (keras.layers.BatchNormalization or bnbook.layers.BatchNorm)")
-    if len(model.inputs) != 1:
-        raise ValueError(f"only single-input models are supported; this one has {len(model.inputs)} inputs")
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):  # a subclassed model built by calling it: its input is x's
+        inputs = None
+    if inputs and len(inputs) != 1:
+        raise ValueError(f"only single-input models are supported; this one has {len(inputs)} inputs")
     x, batch_size = _check_data(model, x, batch_size)
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (the first pass normalises with batch statistics), got {batch_size}")

@@ -23,10 +23,17 @@ kind                        what it measures
                             fraction of channels outside a band (the worst channels
                             are named); with ``y``, the gain from re-estimating them.
                             Not checked (info) for a BN layer that receives a mask
-                            (Keras excludes masked positions from its moments)
+                            (Keras excludes masked positions from its moments).
+                            When only BN layers fed by the input (through no earlier
+                            BN layer) are off and every deeper one is inside the
+                            bands, the fix names input preprocessing first ("if x is
+                            not preprocessed as in training ..."): the signature of
+                            a preprocessing mismatch, and of a stale first layer
+                            (the severity is unchanged)
 ``train_inference_gap``     training-mode vs inference-mode accuracy/loss on
                             ``(x, y)``, relative to its standard error over batches, with
-                            the most likely cause
+                            the most likely cause (nearly blind below about 10
+                            training-mode batches: see :func:`diagnose`)
 ``dropout_variance_shift``  a dropout layer feeds a BN layer; measured
                             inference/training variance ratio of the BN input
 ``training_false_override`` a BN layer, or a nested model holding trainable BN layers,
@@ -79,6 +86,12 @@ defaults to 128 examples or fewer, so that one pass stays under about 1 GiB. The
    passes of them otherwise); then the predictions with them. ``accuracy_reestimated`` therefore measures that fix, on ``x`` itself
    (in sample: score it on held-out images before trusting a small gain).
 
+Losses: cross-entropy for classification outputs (categorical, or binary for one unit),
+squared error for regression. Whether a classification output holds probabilities or logits
+is decided once per call, from the output's last layer (softmax or sigmoid: probabilities;
+no activation: logits), else from the values of the inference-mode pass (probabilities when
+they all are), and every pass is read that way, so the passes compare on one scale.
+
 The model is left as it was (moving statistics and random-generator states restored).
 A data check that cannot run is an ``info`` finding with the evidence key ``not_checked``,
 and the headline then says the report is incomplete -- never "no BN problem found". A
@@ -122,7 +135,25 @@ name                        default where it comes from
                                     standard errors over examples (inference mode)...
 ``gap_min``                 0.01    ...and above 1 point (a negligible difference)
 ``gap_loss_ratio``          2.0     regression: inference loss above twice the
-                                    training-mode loss (no local evidence: a guess)
+                                    training-mode loss, and the re-estimation gain: loss
+                                    now above twice the re-estimated loss (no local
+                                    evidence: a guess)
+``gain_loss_ratio``         1.25    classification: re-estimating is also significant
+                                    when it lowers the mean cross-entropy on ``x`` below
+                                    1/1.25 = 80 % of its value *and* by more than
+                                    ``gap_z`` paired standard errors (evidence
+                                    ``loss_rise_z`` below -``gap_z``), whatever the
+                                    accuracy does: a fifth of the loss is a minimum size,
+                                    as ``gap_min`` is for accuracy (not calibrated;
+                                    review 2's CNN with BN1's variance / 8: 0.894 ->
+                                    0.496, x1.8, held-out loss doubled, accuracy -4
+                                    points, only a warning before). It makes a layer
+                                    outside the bands an error; it never names a layer
+                                    inside them (``below_bands`` needs the accuracy
+                                    gain): on chapter 10's healthy MLPs re-estimating on
+                                    ``x`` lowers the loss 22-46 % at equal accuracy
+                                    (also held out: test loss 0.418 -> 0.297), statistics
+                                    lagging within the bands
 ``small_batch``             16      rule of thumb (Wu and He's ImageNet measurements);
                                     for Dense layers the std of a batch mean is
                                     1/sqrt(B) of the feature's, for convolutions the
@@ -179,7 +210,12 @@ from the "adapted statistics" rule, which then demoted on *any* loss rise on ``x
 (N1) made it a test (a loss rise above ``gap_z`` paired standard errors, as for the gain),
 decided from that reasoning, not tuned, but *after* the set had been seen: the two rows marked
 "fixed by N1" are therefore no longer held-out results. After it: 10 of 11 named at warning
-or above, 6 healthy still clean. The remaining miss is a strict ``xfail`` test.
+or above, 6 healthy still clean. The remaining miss is a strict ``xfail`` test. Review 2's N4
+(``gain_loss_ratio``) was also changed after the set had been seen: its first version (a
+loss-only gain could name a layer inside every band) turned the healthy shared_transfer model
+into a ``below_bands`` error; the final rule (a loss-only gain only raises the severity of a
+layer outside the bands) was decided on chapter 10's calibration reports, with that flip in
+view, so for N4 the healthy rows are not a held-out result (details in the test module).
 
 ============================  ============================================  ==================
 family (held out)             breaks                                        result

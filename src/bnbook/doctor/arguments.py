@@ -11,17 +11,23 @@ from bnbook._checks import check_int, check_model
 from bnbook.doctor.scoring import _Target
 from bnbook.doctor.thresholds import Thresholds
 
+def _model_inputs(model: keras.Model) -> list[Any] | None:
+    """The model's symbolic inputs; None for a model built by calling it on data (a subclassed model)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return list(inputs) if inputs else None
+
+
 def _check_model(model: Any) -> None:
     check_model(model)
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built: give it an Input or call it on data first")
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if not inputs:
-        raise ValueError(f"model {model.name!r} has no defined input: build it with keras.Input(shape)")
-    if len(inputs) != 1:
+    inputs = _model_inputs(model)
+    # A built model without symbolic inputs (subclassed, built by calling it on data) is diagnosed on x as
+    # it is: its input is whatever x holds (x.shape[1:]); the passes only call the model.
+    if inputs is not None and len(inputs) != 1:
         raise ValueError(f"only single-input models are supported; {model.name!r} has {len(inputs)} inputs")
 
 
@@ -32,12 +38,15 @@ def _check_x(model: keras.Model, x: Any) -> tuple[np.ndarray, str | None]:
         raise ValueError("x is empty: pass a sample of the training inputs (at least 2 examples)")
     if len(x) < 2:
         raise ValueError(f"x must hold at least 2 examples, got {len(x)}")
-    expected = tuple(model.inputs[0].shape[1:])
+    inputs = _model_inputs(model)
     got = tuple(x.shape[1:])
-    if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
-        raise ValueError(f"x has examples of shape {got}, the model expects {expected} (batch axis first)")
+    if inputs is not None:
+        expected = tuple(inputs[0].shape[1:])
+        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+            raise ValueError(f"x has examples of shape {got}, the model expects {expected} (batch axis first)")
     note = None
-    input_dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    # No symbolic input: its dtype is unknown (an integer x may be token ids), so x is passed as it is.
+    input_dtype = keras.backend.standardize_dtype(inputs[0].dtype) if inputs is not None else ""
     if x.dtype.kind in "biu" and "float" in input_dtype:
         note = f"x is {x.dtype} (values {x.min()}..{x.max()}); cast to {input_dtype} as fit() does"
         x = x.astype(input_dtype)
@@ -151,7 +160,16 @@ def _check_arguments(
         pass_size = check_int(pass_size, "pass_size", minimum=2)
     seed = check_int(seed, "seed", minimum=0)
     x, cast_note = _check_x(model, x)
-    sample = model(x[: min(2, len(x))], training=False)
+    try:
+        sample = model(x[: min(2, len(x))], training=False)
+    except Exception as error:
+        if _model_inputs(model) is not None:
+            raise
+        # No declared input shape to check x against first: say what was tried.
+        raise ValueError(
+            f"model {model.name!r} (built by calling it, no keras.Input) fails on examples of x's shape "
+            f"{tuple(x.shape[1:])}: {error}"
+        ) from error
     index, chosen, output_note = _choose_output(model, sample, output)
     out_shape = tuple(int(s) for s in keras.ops.shape(chosen)[1:])
     target = _check_y(y, len(x), out_shape) if y is not None else None

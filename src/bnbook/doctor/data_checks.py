@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -33,6 +34,8 @@ def _check_statistics(
     t: Thresholds,
     explained: bool = False,
     integer_x: bool = False,
+    input_fed: set[str] | None = None,
+    gain_names_layer: bool | None = None,
 ) -> tuple[list[Finding], dict[str, dict[str, float]]]:
     """``never_updated`` and ``stale_statistics`` per BN layer, with per-channel evidence.
 
@@ -50,19 +53,28 @@ def _check_statistics(
     the training-mode variance (what training stores). Statistics exactly at their
     initial values with the input off (median bound ``never_updated_variance``) are
     ``never_updated`` (error). ``stale_statistics`` is an error when re-estimating
-    all statistics gains accuracy significantly (``gap_z`` paired standard errors and
-    ``gap_min``), info when it makes the loss on ``x`` *significantly* worse (the
+    all statistics gains significantly: accuracy by ``gap_z`` paired standard errors
+    and ``gap_min``, *or* (classification) cross-entropy down by ``gap_z`` paired
+    standard errors to below 1/``gain_loss_ratio`` of its value (regression: the loss
+    down to below 1/``gap_loss_ratio`` and ``gap_z`` standard errors); info when it
+    makes the loss on ``x`` *significantly* worse (the
     paired per-example loss increase above ``gap_z`` standard errors, evidence
     ``loss_rise_z``) and the accuracy no better (the weights are adapted to these
     statistics, as with Batch Renormalization, chapter 8; evidence ``adapted``), a
     warning otherwise. This test is global (one re-estimation of every layer) and in
     sample (on ``x``), so an info line with a large ``var_ratio`` still deserves a
     held-out check. When no layer is outside the bands but
-    re-estimating every layer gains significantly (and no non-finite value explains
-    the gain), the most deviant layer is reported as an error with
+    re-estimating every layer gains significantly by accuracy (``gain_names_layer``;
+    regression: by loss; a loss-only gain of a classifier names no layer by itself) and
+    no non-finite value explains the gain, the most deviant layer is reported as an
+    error with
     ``below_bands`` in its evidence: the measured gain is the evidence (found on the
     out-of-sample CNN of ``tests/test_doctor_zoo.py``, whose decision is sensitive
     to small offsets).
+
+    ``input_fed``: the BN layers the input reaches through no earlier BN layer. When only
+    some of them are outside the bands and every deeper layer was measured inside them,
+    the fix names input preprocessing first (:func:`_name_preprocessing_first`).
     """
     findings = []
     rows: dict[str, dict[str, float]] = {}
@@ -150,14 +162,45 @@ def _check_statistics(
                     kind = "input_scale"
                     evidence = {**evidence, "fraction_off_by_more_than_x100": scaled, "integer_x": integer_x}
             findings.append(Finding(kind, severity, path, {**evidence, **gain}, _FIX[kind]))
+    if input_fed:
+        _name_preprocessing_first(findings, scores, input_fed)
     explained = explained or any(f.kind in ("stale_statistics", "never_updated", "input_scale") for f in findings)
-    if gain_significant and not explained and scores:
+    if gain_names_layer is None:
+        gain_names_layer = gain_significant
+    if gain_names_layer and not explained and scores:
         # Below every band, yet re-estimating all layers gains significantly: the measured gain is the
         # evidence (a model whose decision is sensitive to small offsets); name the most deviant layer.
         path = max(scores, key=lambda p: scores[p][0])
         evidence = {"below_bands": "re-estimating gains significantly", **scores[path][1], **gain}
         findings.append(Finding("stale_statistics", "error", path, evidence, _FIX["stale_statistics"]))
     return findings, rows
+
+
+def _name_preprocessing_first(
+    findings: list[Finding], scores: dict[str, tuple[float, dict[str, Any]]], input_fed: set[str]
+) -> None:
+    """Give the stale findings the preprocessing fix when only BN layers fed by the input are off.
+
+    Input preprocessing that differs from training (MobileNetV2's [-1, 1] against [0, 1]
+    images, a missing standardisation) changes the input of the first BN layers; the
+    layers after them see normalised values again, so they stay inside the bands. That
+    signature is also what a legitimately stale first layer gives (a short training),
+    so the severity is unchanged and the fix is conditional: check the preprocessing
+    first, because re-estimating on wrongly preprocessed ``x`` would store the wrong
+    scaling. Applies only when at least one deeper BN layer was measured and every one
+    was inside the bands (no finding names it).
+    """
+    off = [f for f in findings if f.kind in ("stale_statistics", "never_updated", "input_scale") and f.layer]
+    stale = [f for f in off if f.kind == "stale_statistics" and "not_checked" not in f.evidence]
+    deeper = [path for path in scores if path not in input_fed]
+    if not stale or len(stale) != len(off) or any(f.layer not in input_fed for f in stale) or not deeper:
+        return
+    if any(f.layer == path for f in off for path in deeper):
+        return
+    chosen = {id(f) for f in stale}
+    for i, f in enumerate(findings):
+        if id(f) in chosen:
+            findings[i] = dataclasses.replace(f, fix=_FIX["stale_statistics_first_layers"])
 
 
 def _check_dropout(rows: dict[str, dict[str, float]], dropout_fed: dict[str, str], t: Thresholds) -> list[Finding]:

@@ -25,6 +25,12 @@ _FIX: dict[str, str] = {
         "inference network's statistics, Li et al.'s re-estimation, nested and shared layers included; "
         "accuracy_reestimated is what it gives on x), train longer, or lower the momentum; chapter 4"
     ),
+    "stale_statistics_first_layers": (
+        "if x is not preprocessed as in training, only the BN layer(s) fed by the input see it (here they alone "
+        "are off, every deeper BN layer is inside the bands; e.g. MobileNetV2 statistics from [-1, 1] images "
+        "diagnosed on [0, 1] ones): check that x is preprocessed as in training (preprocess_input, scaling) "
+        "before re-estimating: re-estimation would bake a wrong scaling in. If it is, the statistics are stale: "
+    ),
     "input_scale": (
         "x is probably not scaled as the model received it in training (e.g. pixels 0-255 against 0-1, or "
         "missing standardisation): pass x through the training pipeline's preprocessing; chapter 3"
@@ -81,6 +87,7 @@ _FIX: dict[str, str] = {
     "redundant_bias": "give the layer before BN use_bias=False (BN's beta is the offset); chapter 5",
     "foldable": "fold BN into the layer before it for inference with folding.fold_batchnorm; chapter 9",
 }
+_FIX["stale_statistics_first_layers"] += _FIX["stale_statistics"]
 _CAUSE_ORDER = (
     "non_finite",
     "never_updated",

@@ -77,3 +77,52 @@ def _dropout_upstream(bn: keras.layers.Layer) -> str | None:
         if isinstance(layer, _PASS_TYPES):
             stack.extend(_producers(layer))
     return None
+
+
+def _bn_fed_by_input(model: keras.Model, bns: list[tuple[str, keras.layers.Layer]]) -> set[str] | None:
+    """The paths of the BN layers that the model's input reaches through no earlier BN layer.
+
+    Walks each BN layer's graph upstream (through nested models: a nested model's input
+    continues at that model's own producers); a path that meets a BN layer, or a nested
+    model holding one, stops there. None when the model has no graph to walk (a
+    subclassed model built by calling it on data).
+    """
+    bn_ids = {id(bn) for _, bn in bns}
+    owners: dict[int, keras.layers.Layer] = {}  # a nested model's InputLayer -> that model
+    holds_bn: dict[int, bool] = {}
+    for _, layer in _walk(model):
+        if isinstance(layer, keras.Model):
+            functional = getattr(layer, "_functional", None) or layer
+            try:
+                inputs = list(functional.inputs or [])
+            except (AttributeError, ValueError):
+                inputs = []
+            for tensor in inputs:
+                owners[id(tensor._keras_history.operation)] = layer
+            holds_bn[id(layer)] = any(id(inner) in bn_ids for _, inner in _walk(layer))
+
+    def reaches_input(bn: keras.layers.Layer) -> bool:
+        seen: set[int] = set()
+        stack: list[keras.layers.Layer] = [bn]
+        while stack:
+            operation = stack.pop()
+            if id(operation) in seen:
+                continue
+            seen.add(id(operation))
+            if isinstance(operation, keras.layers.InputLayer):
+                owner = owners.get(id(operation))
+                if owner is None:
+                    return True  # the model's own input
+                stack.append(owner)  # continue outside the nested model
+                continue
+            for node in getattr(operation, "_inbound_nodes", []):
+                for parent in node.parent_nodes:
+                    layer = parent.operation
+                    if layer is None or id(layer) in bn_ids or holds_bn.get(id(layer), False):
+                        continue  # an earlier BN layer normalises what comes through here
+                    stack.append(layer)
+        return False
+
+    if not any(getattr(bn, "_inbound_nodes", []) for _, bn in bns):
+        return None
+    return {path for path, bn in bns if reaches_input(bn)}

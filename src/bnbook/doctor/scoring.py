@@ -17,6 +17,75 @@ class _Target:
     index: Any = None  # which output (None: a single output)
     classes: int = 0
     one_hot: bool = False
+    # Whether the output holds probabilities (True) or logits (False), decided once per diagnose call
+    # (review 2, L6) so that every pass is read on the same scale; None: not decided yet.
+    probabilities: bool | None = None
+
+
+#: Final activations that make an output probabilities, per reading; "linear" (no activation) means logits.
+_PROBABILITY_ACTIVATIONS = {"categorical": ("softmax",), "binary": ("sigmoid", "hard_sigmoid")}
+
+
+def _output_tensor(model: Any, index: Any) -> Any:
+    """The symbolic tensor of the chosen output, or None (a subclassed model has none)."""
+    functional = getattr(model, "_functional", None) or model  # a Sequential model wraps a functional one
+    structure = getattr(functional, "_outputs_struct", None)
+    if structure is None:
+        return None
+    if index is not None:
+        return structure[index]
+    if isinstance(structure, (list, tuple)):
+        return structure[0] if len(structure) == 1 else None
+    return structure
+
+
+def _final_reading(model: Any, index: Any, kind: str, depth: int = 0) -> bool | None:
+    """Probabilities (True) or logits (False) from the layer that makes the chosen output; None: unknown.
+
+    The output's last layer: a softmax (categorical) or sigmoid (binary) activation, or a
+    ``Softmax`` layer, means probabilities; a layer with no activation (``linear``) means
+    logits; a nested model is followed to its own output; anything else is unknown (the
+    data decide, see :func:`_decide_reading`).
+    """
+    if kind not in _PROBABILITY_ACTIVATIONS or depth > 8:
+        return None
+    try:
+        operation = _output_tensor(model, index)._keras_history.operation
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    if isinstance(operation, keras.Model):
+        return _final_reading(operation, None, kind, depth + 1)
+    if isinstance(operation, keras.layers.Softmax):
+        return kind == "categorical" or None
+    name = getattr(getattr(operation, "activation", None), "__name__", None)
+    if name in _PROBABILITY_ACTIVATIONS[kind]:
+        return True
+    if name == "linear":
+        return False
+    return None
+
+
+def _decide_reading(outputs: list[Any], target: _Target) -> None:
+    """Set ``target.probabilities`` from a whole pass's outputs when the model's last layer did not say.
+
+    Binary: every finite output in [0, 1]; categorical: every finite row non-negative
+    and summing to 1. Called on the first pass scored (the inference-mode pass), so
+    later passes are read on the same scale whatever their values.
+    """
+    if target.probabilities is not None or target.kind not in _PROBABILITY_ACTIVATIONS:
+        return
+    target.probabilities = all(_read_as_probabilities(o, target) for o in outputs)
+
+
+def _read_as_probabilities(outputs: Any, target: _Target) -> bool:
+    """Whether one slice's outputs can be probabilities (the test of :func:`_decide_reading`)."""
+    values = np.asarray(keras.ops.convert_to_numpy(outputs), np.float64).reshape(len(outputs), -1)
+    if target.kind == "binary":
+        finite = values[np.isfinite(values)]
+        return bool(np.all((finite >= 0) & (finite <= 1)))
+    rows = values.reshape(-1, target.classes)
+    ok = np.isfinite(rows).all(axis=1)
+    return bool(np.all(rows[ok] >= -1e-6) and np.allclose(rows[ok].sum(axis=1), 1.0, atol=1e-3))
 
 
 def _select(outputs: Any, index: Any) -> Any:
@@ -34,7 +103,10 @@ def _per_example(outputs: Any, y: np.ndarray, target: _Target) -> tuple[np.ndarr
         rows = out.reshape(-1, target.classes)
         ok = np.isfinite(rows).all(axis=1)
         safe = np.where(np.isfinite(rows), rows, 0.0)
-        is_probability = np.all(safe >= -1e-6) and np.allclose(safe[ok].sum(axis=1), 1.0, atol=1e-3)
+        if target.probabilities is None:
+            is_probability = np.all(safe >= -1e-6) and np.allclose(safe[ok].sum(axis=1), 1.0, atol=1e-3)
+        else:
+            is_probability = target.probabilities
         if not is_probability:
             safe = np.exp(safe - safe.max(axis=1, keepdims=True))
             safe /= safe.sum(axis=1, keepdims=True)
@@ -49,7 +121,12 @@ def _per_example(outputs: Any, y: np.ndarray, target: _Target) -> tuple[np.ndarr
     flat = out.reshape(n, -1)
     truth = y.reshape(n, -1).astype(np.float64)
     if target.kind == "binary":
-        prob = flat if np.all((flat[np.isfinite(flat)] >= 0) & (flat[np.isfinite(flat)] <= 1)) else 1 / (1 + np.exp(-flat))
+        if target.probabilities is None:
+            is_probability = bool(np.all((flat[np.isfinite(flat)] >= 0) & (flat[np.isfinite(flat)] <= 1)))
+        else:
+            is_probability = target.probabilities
+        with np.errstate(over="ignore"):
+            prob = flat if is_probability else 1 / (1 + np.exp(-flat))
         prob = np.clip(np.nan_to_num(prob, nan=0.5), 1e-7, 1 - 1e-7)
         loss = -(truth * np.log(prob) + (1 - truth) * np.log(1 - prob)).mean(axis=1)
         correct = (((prob > 0.5) == (truth > 0.5)) & finite[:, None]).mean(axis=1)

@@ -24,7 +24,7 @@ from bnbook._bn_streams import (  # noqa: F401 - re-exported
     _Stream,
     _widest_bn_input,
 )
-from bnbook.doctor.scoring import _per_example, _select, _Target
+from bnbook.doctor.scoring import _per_example, _read_as_probabilities, _select, _Target
 
 
 def _run(
@@ -38,20 +38,46 @@ def _run(
     y: np.ndarray | None,
     target: _Target | None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """One pass (moments into ``streams``); per-example losses and accuracies when ``y`` is given."""
+    """One pass (moments into ``streams``); per-example losses and accuracies when ``y`` is given.
+
+    No output is kept. When the reading of the output (probabilities or logits) is not
+    decided yet (the model's last layer did not say), each slice is scored both ways and
+    the pass decides afterwards from all its slices (:func:`~bnbook.doctor.scoring._decide_reading`'s
+    test), so that every later pass is read on the same scale.
+    """
     losses: list[np.ndarray] = []
     accuracies: list[np.ndarray] = []
     seen = [0]
+    scored = y is not None and target is not None
+    undecided = scored and target is not None and target.probabilities is None and target.kind in ("binary", "categorical")
+    both: dict[bool, list[tuple[np.ndarray, np.ndarray | None]]] = {True: [], False: []}
+    flags: list[bool] = []
 
     def score(part: slice, out: Any) -> None:
         seen[0] += part.stop - part.start
-        if y is not None and target is not None:
-            loss, acc = _per_example(_select(out, index), y[part], target)
+        if not scored:
+            return
+        assert y is not None and target is not None
+        chosen = _select(out, index)
+        if undecided:
+            flags.append(_read_as_probabilities(chosen, target))
+            for reading in (True, False):
+                target.probabilities = reading
+                both[reading].append(_per_example(chosen, y[part], target))
+            target.probabilities = None
+            return
+        loss, acc = _per_example(chosen, y[part], target)
+        losses.append(loss)
+        if acc is not None:
+            accuracies.append(acc)
+
+    passes.run(x, slices, mode, training, streams, score)
+    if undecided and target is not None:
+        target.probabilities = all(flags)
+        for loss, acc in both[target.probabilities]:
             losses.append(loss)
             if acc is not None:
                 accuracies.append(acc)
-
-    passes.run(x, slices, mode, training, streams, score)
     if not losses:
         return None, None, seen[0]
     return np.concatenate(losses), (np.concatenate(accuracies) if accuracies else None), seen[0]

@@ -28,6 +28,7 @@ class Thresholds:
     gap_z: float = 3.0
     gap_min: float = 0.01
     gap_loss_ratio: float = 2.0
+    gain_loss_ratio: float = 1.25
     small_batch: int = 16
     pytorch_momentum: float = 0.5
     epsilon_fraction: float = 0.5
