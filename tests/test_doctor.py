@@ -199,7 +199,9 @@ def test_frozen_container_of_already_frozen_bn(data: tuple[np.ndarray, np.ndarra
 
 def test_stale_statistics_the_weights_are_adapted_to(healthy: keras.Model, data: tuple[np.ndarray, np.ndarray]) -> None:
     # Moving statistics far from the input's, with gamma and beta trained against them (as in Batch
-    # Renormalization, chapter 8): the same inference function, and re-estimating makes it worse: info.
+    # Renormalization, chapter 8): the same inference function, and re-estimating lowers the accuracy
+    # significantly: a warning with the evidence "adapted" and a fix that says to check before re-estimating
+    # (review 3, N1': never info -- one in-sample, all-layer measurement does not clear a layer).
     model = keras.models.clone_model(healthy)
     model.set_weights(healthy.get_weights())
     bn = _bn(model)
@@ -212,10 +214,11 @@ def test_stale_statistics_the_weights_are_adapted_to(healthy: keras.Model, data:
     x, y = data
     np.testing.assert_allclose(model.predict(x, verbose=0), healthy.predict(x, verbose=0), atol=1e-5)
     stale = [f for f in diagnose(model, x, y, batch_size=32).findings if f.kind == "stale_statistics"]
-    assert stale and all(f.severity == "info" for f in stale)
+    assert stale and all(f.severity == "warning" for f in stale)
     assert stale[0].evidence["loss_reestimated"] > stale[0].evidence["loss_now"]
-    assert stale[0].evidence["accuracy_reestimated"] <= stale[0].evidence["accuracy_now"]
-    assert stale[0].evidence["loss_rise_z"] > 3.0 and "check on held-out data" in stale[0].evidence["adapted"]
+    assert stale[0].evidence["accuracy_reestimated"] < stale[0].evidence["accuracy_now"] - 0.1
+    assert "check on held-out data" in stale[0].evidence["adapted"]
+    assert stale[0].fix.startswith("re-estimating lowered the accuracy on x")
 
 
 def test_stale_statistics_not_demoted_without_a_significant_loss_rise(

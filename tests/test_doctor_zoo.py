@@ -263,40 +263,57 @@ def test_conv1d_mean_shift_every_channel() -> None:
     assert "train_inference_gap" in report.kinds("error")
 
 
-def test_heads_variance_break_is_named() -> None:
-    # The layer is named (as info, see the miss below) with every channel outside the band.
+def test_heads_variance_break_is_a_warning() -> None:
+    # A partial miss until review 3 (N1'): the layer was named only as info, because re-estimating raised
+    # the loss on x significantly (8-13 paired SEs) and the doctor read that as weights adapted to the
+    # statistics. Every head still predicts right: the loss rise is the sharpening of a fitted sample, not
+    # adaptation, so "adapted" now needs an accuracy drop and the finding stays a warning (changed after
+    # this zoo case was seen: it is calibration, not a held-out result).
     model = _fresh("heads")
     _set(_bn(model, "trunk_bn"), "moving_variance", lambda v: v / 30.0)
     for output in ("klass", "flag"):
         report = _run("heads", model, output=output)
         (stale,) = [f for f in report.findings if f.kind == "stale_statistics"]
         assert stale.layer == "trunk_bn", str(report)
-        assert stale.evidence["fraction_off"] == 1.0
-        # why only info: re-estimating raises the loss on x significantly (8-13 paired SEs), the "adapted" rule
-        assert stale.severity == "info" and stale.evidence["loss_rise_z"] > 3.0 and "adapted" in stale.evidence
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known partial miss (review W11): with the trunk's moving variance divided by 30 every head still "
-    "predicts right and re-estimating raises the loss significantly (8 and 13 paired SEs), so the doctor reads the "
-    "statistics as ones the weights are adapted to (its Batch Renormalization rule) and says info, not warning",
-)
-def test_heads_variance_break_is_a_warning() -> None:
-    model = _fresh("heads")
-    _set(_bn(model, "trunk_bn"), "moving_variance", lambda v: v / 30.0)
-    for output in ("klass", "flag"):
-        report = _run("heads", model, output=output)
-        # What the doctor does report (review 2, W-c): the layer, as info, far below the band (variance / 30).
-        # pytest.fail raises Failed, not the AssertionError this xfail expects (raises=), so a regression that
-        # dropped the layer fails the test instead of passing as "still xfail".
-        stale = [f for f in report.findings if f.kind == "stale_statistics" and f.layer == "trunk_bn"]
-        if len(stale) != 1 or stale[0].severity != "info" or "adapted" not in stale[0].evidence:
-            pytest.fail(f"the doctor no longer names trunk_bn as an info (adapted) stale_statistics:\n{report}")
-        if not stale[0].evidence["var_ratio"] < 0.1:
-            pytest.fail(f"the measured variance ratio moved: {stale[0].evidence}")
+        assert stale.evidence["fraction_off"] == 1.0 and stale.evidence["var_ratio"] < 0.1
+        assert stale.severity == "warning" and "adapted" not in stale.evidence
+        assert stale.evidence["loss_rise_z"] > 3.0 and "equal accuracy" in stale.evidence["reestimation_loss"]
         assert report.layers("stale_statistics") == ["trunk_bn"]
+
+
+def _weak_signal(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = (1.5 + 2.0 * rng.standard_normal((n, 8, 8, 3))).astype("float32")
+    y = rng.integers(0, 2, n)
+    flat = x.reshape(n, -1)
+    flat[y == 1, : flat.shape[1] // 2] += 0.25  # a weak signal: held-out accuracy well below 1
+    return flat.reshape(x.shape), y
+
+
+def test_shrunk_variance_on_an_overfit_sample_is_not_read_as_adapted() -> None:
+    """Review 3, N1': a CNN that fits its 192 training images perfectly, bn2's moving variance / 10. On the
+    training sample the sharper outputs lower the loss, so re-estimating "raises" it; held out the same
+    statistics make the model over-confident. The doctor, given the training sample as documented, must not
+    say "no BN problem found"."""
+    x, y = _weak_signal(192, 0)
+    held_x, held_y = _weak_signal(1000, 1)
+    keras.utils.set_random_seed(7)
+    model = _compile(cnn_last())
+    model.fit(x, y, batch_size=16, epochs=30, verbose=0)
+    _compile(model, learning_rate=5e-4).fit(x, y, batch_size=16, epochs=4, verbose=0)
+
+    def loss(m: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+        p = m.predict(images, verbose=0).astype(np.float64)
+        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-7, 1)).mean())
+
+    healthy_loss = loss(model, held_x, held_y)
+    _set(_bn(model, "bn2"), "moving_variance", lambda v: v / 10.0)
+    assert loss(model, held_x, held_y) > 1.5 * healthy_loss  # the break is harmful held out
+    report = diagnose(model, x, y, batch_size=16)
+    stale = [f for f in report.findings if f.kind == "stale_statistics" and f.layer == "bn2"]
+    assert stale and stale[0].severity in ("warning", "error"), str(report)
+    assert "adapted" not in stale[0].evidence
+    assert report.problems, str(report)
 
 
 def test_heads_mean_break() -> None:

@@ -179,7 +179,9 @@ so for them the zoo is calibration, not a held-out estimate: the ``below_bands``
 (added in the zoo's own commit, d1f0e7c, "found on the out-of-sample CNN" of the zoo), and the
 broken-channel rule and the gap's standard error over batches (added after a review
 that ran the zoo). Result: 22 broken models, 21 hits and 1 partial miss; 6 healthy
-trained models, 6 clean (table below; the held-out set follows it).
+trained models, 6 clean (table below; the held-out set follows it). The miss became a hit
+after review 3 (N1': "adapted statistics" needs an accuracy drop), a rule change made
+after this case was seen.
 
 ============================  ============================================  ==================
 family                        breaks                                        result
@@ -195,7 +197,8 @@ two heads                     trunk variance / 30 (both outputs)            part
                                                                             as info (predictions
                                                                             still right, loss
                                                                             lower: read as
-                                                                            adapted statistics)
+                                                                            adapted statistics);
+                                                                            since N1': warning
 MobileNetV2 0.35 (32 x 32)    untrained; NaN deep; nested base lagging      hits
 ResNet50 (32 x 32)            one deep layer's variance x25                 hit (that layer)
 EfficientNetB0 (32 x 32)      one layer's mean +2 std; momentum 0.1         hits
@@ -240,11 +243,16 @@ two outputs, regression head  trunk mean +3 std                             hit 
 MobileNetV3Small (32 x 32)    untrained; one deep layer's variance / 20     hits
 ============================  ============================================  ==================
 
-``stale_statistics`` is demoted to info only when re-estimating every layer raises the loss
-on ``x`` by more than ``gap_z`` paired standard errors and gains no accuracy (evidence
-``loss_rise_z`` and ``adapted``), as in the zoo's two-heads case (8 and 13 standard
-errors). That test is global and in sample: read an info ``stale_statistics`` with large
-ratios as "check on held-out data".
+``stale_statistics`` is never demoted to info. When re-estimating every layer *lowers the
+accuracy* on ``x`` by more than ``gap_min`` and ``gap_z`` paired standard errors, the weights
+may have been trained against these statistics (Batch Renormalization): the finding stays a
+warning, with the evidence ``adapted`` and a fix that says to compare both on held-out data
+before re-estimating. A loss rise at equal accuracy is not evidence of that (review 3, N1'):
+on a sample the model fits, statistics that shrink a late layer's variance sharpen the
+outputs and lower the loss there, while held out they make the model over-confident (held-out
+loss x2.4-3.1 in review 3's overfit CNN, ``test_shrunk_variance_on_an_overfit_sample_is_not_read_as_adapted``);
+it is reported as ``reestimation_loss`` and the severity stays. Until review 3, such a loss
+rise demoted every band finding to info and the headline said "no BN problem found".
 
 Run as a program, ``bnbook-doctor MODEL.keras --data DATA.npz`` (or ``python -m
 bnbook.doctor ...``) prints the report of a saved model on the arrays of an ``.npz``

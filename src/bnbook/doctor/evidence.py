@@ -88,6 +88,12 @@ _FIX: dict[str, str] = {
     "foldable": "fold BN into the layer before it for inference with folding.fold_batchnorm; chapter 9",
 }
 _FIX["stale_statistics_first_layers"] += _FIX["stale_statistics"]
+_FIX["stale_statistics_adapted"] = (
+    "re-estimating lowered the accuracy on x, so the weights may have been trained against these statistics "
+    "(Batch Renormalization, or gamma and beta fitted with frozen statistics): before re-estimating, compare "
+    "the loss and accuracy on held-out images with the statistics as they are and re-estimated "
+    "(probes.reestimate_bn_statistics on a copy of the model), and keep the better; chapter 8"
+)
 _CAUSE_ORDER = (
     "non_finite",
     "never_updated",
