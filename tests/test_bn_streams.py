@@ -298,3 +298,15 @@ def test_a_failed_trace_leaves_no_keras_name_scope_behind():
     fresh = L.BatchNormalization(name="after")
     fresh.build((None, 4))
     assert fresh.gamma.path == "after/gamma"
+
+
+def test_the_doctor_says_when_its_passes_ran_eagerly():
+    from bnbook import doctor
+
+    set_up(0)
+    model = _Untraceable()
+    model(X[:2])
+    report = doctor.diagnose(model, X)
+    (found,) = [f for f in report.findings if f.kind == "eager_passes"]
+    assert found.severity == "info" and found.evidence["reason"].split(":")[0].endswith("Error")
+    assert "eager_passes" not in doctor.diagnose(_mlp(), X).kinds("info")

@@ -54,6 +54,9 @@ kind                        what it measures
 ``redundant_bias``          a Dense/convolution bias right before a centring BN -- info
 ``foldable``                how many BN layers :func:`bnbook.folding.fold_batchnorm`
                             can fold for inference -- info
+``eager_passes``            the passes could not be compiled into a ``tf.function``
+                            and ran eagerly (more memory per example), with the
+                            reason -- info
 =========================== ==========================================================
 
 Every BN layer is checked wherever it sits: nested Sequential/Functional models at

@@ -262,6 +262,8 @@ def diagnose(
             loss0, acc0 = infer
             assert loss0 is not None and loss1 is not None
             gain, significant, harmful, accuracy_gain = _reestimation_gain(loss0, loss1, acc0, acc1, t)
+    if passes.fallback is not None:
+        findings.append(Finding("eager_passes", "info", None, {"reason": passes.fallback}, _FIX["eager_passes"]))
     for path, _ in bns:
         calls = inference[path].calls / max(len(stats_slices), 1) if path in inference else 0
         if calls > 1:

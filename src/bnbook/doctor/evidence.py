@@ -86,6 +86,10 @@ _FIX: dict[str, str] = {
     "output_choice": "pass output= (index or name) to choose the output whose labels y holds",
     "redundant_bias": "give the layer before BN use_bias=False (BN's beta is the offset); chapter 5",
     "foldable": "fold BN into the layer before it for inference with folding.fold_batchnorm; chapter 9",
+    "eager_passes": (
+        "nothing to fix for the diagnosis; eager passes hold every activation of a pass, so if memory runs short "
+        "pass a smaller pass_size (the reason is the error the compiled pass raised); chapter 10"
+    ),
 }
 _FIX["stale_statistics_first_layers"] += _FIX["stale_statistics"]
 _FIX["stale_statistics_adapted"] = (

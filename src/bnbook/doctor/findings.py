@@ -34,6 +34,7 @@ KINDS: tuple[str, ...] = (
     "output_choice",
     "redundant_bias",
     "foldable",
+    "eager_passes",
 )
 #: Severities, most serious first.
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
