@@ -448,9 +448,9 @@ def reestimate_bn_statistics(
     Memory and time: each pass is traced once into a ``tf.function`` (TensorFlow frees
     every activation after its last use), so a pass holds about 5 float32 values per
     value of the widest BN input, per example of a batch. MobileNetV2-0.35 at
-    224 x 224 with 256 images (``benchmarks/doctor_scale_report.txt``): about 3 GB and
-    10 s in one batch of 256 (2 passes); with ``batch_size=64`` under 1 GB, but that
-    untrained network then needs a pass per BN layer in its chain (about 150 s).
+    224 x 224 with 256 images (``benchmarks/doctor_scale_report.txt``, run 4): about 3 GB
+    and 7 s in one batch of 256 (2 passes); with ``batch_size=64`` under 1 GB, but that
+    untrained network then needs about a pass per BN layer in its chain (84 s).
 
     Works on BN layers anywhere in the model (nested models at any depth, e.g. a
     ``keras.applications`` base inside a functional model, whether ``trainable`` or
