@@ -156,7 +156,7 @@ def _check_statistics(
                     "adapted": f"re-estimating every BN layer lowered the accuracy on x by {drop:.3g} (in sample): the "
                     "weights may be adapted to these statistics; check on held-out data before re-estimating",
                 }
-            elif gain.get("loss_rose_at_equal_accuracy"):
+            elif "accuracy_now" in gain and gain["loss_rise_z"] > t.gap_z:  # a classifier's loss rose, accuracy held
                 evidence = {
                     **evidence,
                     "reestimation_loss": f"re-estimating raised the loss on x by {gain['loss_rise_z']:.3g} paired "

@@ -89,7 +89,6 @@ def _reestimation_gain(
         # over-confident (held-out loss x2.4-3.1 in review 3's overfit CNN). Accuracy is invariant to that
         # temperature effect.
         harmful = -diff > t.gap_min and -diff > t.gap_z * se
-        gain["loss_rose_at_equal_accuracy"] = bool(worse and not harmful)
     else:
         diff, se = _paired(loss0, loss1)
         significant = gain["loss_now"] > t.gap_loss_ratio * gain["loss_reestimated"] and diff > t.gap_z * se
