@@ -300,9 +300,11 @@ def test_a_failed_trace_leaves_no_keras_name_scope_behind():
     assert fresh.gamma.path == "after/gamma"
 
 
-def test_the_doctor_says_when_its_passes_ran_eagerly():
+def test_the_doctor_says_when_its_passes_ran_eagerly(monkeypatch):
+    import bnbook._bn_streams as streams_module
     from bnbook import doctor
 
+    monkeypatch.setattr(streams_module, "_COMPILE_ABOVE_BYTES", 0)  # compile even this small model's passes
     set_up(0)
     model = _Untraceable()
     model(X[:2])
@@ -310,3 +312,29 @@ def test_the_doctor_says_when_its_passes_ran_eagerly():
     (found,) = [f for f in report.findings if f.kind == "eager_passes"]
     assert found.severity == "info" and found.evidence["reason"].split(":")[0].endswith("Error")
     assert "eager_passes" not in doctor.diagnose(_mlp(), X).kinds("info")
+
+
+def test_small_passes_run_eagerly_and_large_ones_compiled(monkeypatch):
+    """Tracing costs seconds on a deep network; a pass that holds little memory runs eagerly instead."""
+    import bnbook._bn_streams as streams_module
+    from bnbook import doctor, probes
+    from bnbook.doctor import diagnosis
+
+    made = []
+
+    class Spy(_Passes):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(diagnosis, "_Passes", Spy)
+    monkeypatch.setattr(probes, "_Passes", Spy)
+    model = _mlp()
+    doctor.diagnose(model, X)
+    probes.reestimate_bn_statistics(model, X)
+    assert [p.eager for p in made] == [True, True]  # 70 x 5 values: far below 64 MB
+    made.clear()
+    monkeypatch.setattr(streams_module, "_COMPILE_ABOVE_BYTES", 20 * 5 * 69)  # just below one pass of all 70
+    doctor.diagnose(model, X)
+    probes.reestimate_bn_statistics(model, X)
+    assert [p.eager for p in made] == [False, False]

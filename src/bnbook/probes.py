@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bnbook._bn_streams import _batches, _Passes, _Stream
+from bnbook._bn_streams import _batches, _Passes, _Stream, _widest_bn_input, _worth_compiling
 from bnbook._checks import check_finite, check_int, check_model, check_model_inputs, check_sequence
 from bnbook.layers import BatchNorm
 from bnbook.reproducibility import shifted
@@ -398,7 +398,8 @@ def _reestimate(
     ``runner``: the caller's compiled passes (they record every BN layer of ``model``).
     Returns the final statistics (assigned), the number of passes and the last change.
     """
-    runner = runner if runner is not None else _Passes(model, bns)
+    if runner is None:
+        runner = _Passes(model, bns, compiled=_worth_compiling(_widest_bn_input(model, bns, x), slices))
     stats = first if first is not None else _pass_statistics(runner, bns, x, slices, "batch")
     epsilons = {path: float(layer.epsilon) for path, layer in bns}
     passes, change = 1, float("inf")
@@ -445,9 +446,10 @@ def reestimate_bn_statistics(
     network may need up to one pass per BN layer (an untrained MobileNetV2 in batches
     of 16: 49 passes), so give it a few hundred examples and the default batch size.
 
-    Memory and time: each pass is traced once into a ``tf.function`` (TensorFlow frees
-    every activation after its last use), so a pass holds about 5 float32 values per
-    value of the widest BN input, per example of a batch. MobileNetV2-0.35 at
+    Memory and time: when a batch would hold more than about 64 MB (estimated), each
+    pass is traced once into a ``tf.function`` (TensorFlow frees every activation after
+    its last use), so a pass holds about 5 float32 values per value of the widest BN
+    input, per example of a batch; smaller batches run eagerly (no tracing cost). MobileNetV2-0.35 at
     224 x 224 with 256 images (``benchmarks/doctor_scale_report.txt``, run 4): about 3 GB
     and 7 s in one batch of 256 (2 passes); with ``batch_size=64`` under 1 GB, but that
     untrained network then needs about a pass per BN layer in its chain (84 s).

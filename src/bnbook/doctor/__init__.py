@@ -66,9 +66,11 @@ subclasses). The measurements stream: each BN layer's ``call`` is wrapped for th
 duration of a pass so that it adds the per-channel count, mean and sum of squared
 deviations of its input (Chan et al.'s merge, float64) and nothing of size
 (examples x activations) is kept; one forward pass over ``x`` per mode measures every
-layer at once, in batches of ``pass_size``. Each mode's pass is traced once into a
+layer at once, in batches of ``pass_size``. When a pass would hold more than about 64 MB
+(estimated from the widest BN input), each mode's pass is traced once into a
 ``tf.function`` (TensorFlow frees each activation after its last use, where an eager
-call of a functional model holds all of them until it returns), and ``pass_size``
+call of a functional model holds all of them until it returns; smaller passes run eagerly
+and save the tracing), and ``pass_size``
 defaults to 128 examples or fewer, so that one pass stays under about 1 GiB (at 224 x
 224 on 2 idle cores, ``benchmarks/doctor_scale_report.txt`` run 4: MobileNetV2-0.35 with
 256 labelled images in 18 s and 1.1 GB of extra memory, ResNet50 with 64 in 26 s and

@@ -17,7 +17,7 @@ from bnbook.doctor.findings import Finding, Report, _sorted
 from bnbook.doctor.graph import _bn_fed_by_input, _bn_paths, _dropout_upstream
 from bnbook.doctor.scoring import _final_reading, _paired
 from bnbook.doctor.static import _check_static
-from bnbook.doctor.streaming import _batches, _memory_pass_size, _Passes, _run, _Stream, _widest_bn_input
+from bnbook.doctor.streaming import _batches, _memory_pass_size, _Passes, _run, _Stream, _widest_bn_input, _worth_compiling
 from bnbook.doctor.thresholds import Thresholds
 
 #: The re-estimation whose gain the doctor measures stops when a pass changes no statistic by more than
@@ -220,21 +220,21 @@ def diagnose(
         findings.append(Finding("output_choice", "info", None, {"output": output_note}, _FIX["output_choice"]))
     dropout_fed = {path: d for path, bn in bns if (d := _dropout_upstream(bn)) is not None}
 
+    widest = _widest_bn_input(model, bns, x)
     if pass_size is None:  # passes of at most the size that fits the memory bound
-        fits = _memory_pass_size(_widest_bn_input(model, bns, x), PASS_MEMORY_BYTES, PASS_SIZE_LARGEST)
-        stats_slices = _batches(len(x), fits, False, True)
+        stats_slices = _batches(len(x), _memory_pass_size(widest, PASS_MEMORY_BYTES, PASS_SIZE_LARGEST), False, True)
     else:  # x split evenly into passes of pass_size to 2 * pass_size - 1 examples
         stats_slices = _batches(len(x), pass_size, drop_last=False)
     population: dict[str, _Stream] = {}
     inference: dict[str, _Stream] = {}
     training: dict[str, _Stream] = {}
-    passes = _Passes(model, bns)
+    train_slices = _batches(len(x), batch_size or 32, drop_last=True)
+    passes = _Passes(model, bns, compiled=_worth_compiling(widest, stats_slices + train_slices))
     with probes.unchanged_state(model):
         _run(passes, x, stats_slices, "batch", False, population, index, None, None)
         infer = _run(passes, x, stats_slices, "inference", False, inference, index, y, target)[:2]
         train: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         if y is not None or dropout_fed:
-            train_slices = _batches(len(x), batch_size or 32, drop_last=True)
             train = _run(passes, x, train_slices, "training", True, training, index, y, target)[:2]
         gain: dict[str, Any] = {}
         significant = harmful = accuracy_gain = False

@@ -23,6 +23,7 @@ from bnbook._bn_streams import (  # noqa: F401 - re-exported
     _recording,
     _Stream,
     _widest_bn_input,
+    _worth_compiling,
 )
 from bnbook.doctor.scoring import _per_example, _read_as_probabilities, _select, _Target
 
