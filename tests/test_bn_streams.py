@@ -332,9 +332,14 @@ def test_small_passes_run_eagerly_and_large_ones_compiled(monkeypatch):
     model = _mlp()
     doctor.diagnose(model, X)
     probes.reestimate_bn_statistics(model, X)
-    assert [p.eager for p in made] == [True, True]  # 70 x 5 values: far below 64 MB
+    assert [p.eager for p in made] == [True, True]  # 70 x 5 values in 1 and 2 slices: little memory, few calls
     made.clear()
     monkeypatch.setattr(streams_module, "_COMPILE_ABOVE_BYTES", 20 * 5 * 69)  # just below one pass of all 70
     doctor.diagnose(model, X)
     probes.reestimate_bn_statistics(model, X)
     assert [p.eager for p in made] == [False, False]
+    made.clear()
+    monkeypatch.setattr(streams_module, "_COMPILE_ABOVE_BYTES", 2**40)
+    probes.reestimate_bn_statistics(model, X, batch_size=8)  # 8 slices: many calls
+    probes.reestimate_bn_statistics(model, X, batch_size=10)  # 7 slices
+    assert [p.eager for p in made] == [False, True]

@@ -278,18 +278,21 @@ def _widest_bn_input(model: keras.Model, bns: list[tuple[str, keras.layers.Layer
     return widest[0]
 
 
-#: Compile the passes only when a pass's estimated memory exceeds this: below it the eager
-#: passes' extra memory (every activation of a pass held, about 3-5 times the compiled passes'
-#: peak) stays within a few hundred MB, and tracing a deep network costs seconds that an eager
-#: pass over a small batch does not (MobileNetV2-0.35 at 48 px: 7.7 s compiled against 3.0 s
-#: eager for a labelled diagnose, review 3).
-_COMPILE_ABOVE_BYTES = 64 * 2**20
+#: Compile the passes when one would hold more than this (estimated), or when it has at least
+#: :data:`_COMPILE_FROM_SLICES` slices. Compiled, memory is bounded (an eager pass holds every
+#: activation of a slice, about 3-5 times the compiled peak) and each later call is cheap; but
+#: tracing a deep network costs seconds, more than an eager pass over one or two small batches
+#: (MobileNetV2-0.35 at 48 px: 7.7 s compiled against 3.0 s eager for a labelled diagnose, review
+#: 3), while over many slices the eager calls' per-layer Python dispatch costs more (the book's
+#: chapter 07 re-estimates over 40 slices: 52 s compiled, 64 s eager).
+_COMPILE_ABOVE_BYTES = 128 * 2**20
+_COMPILE_FROM_SLICES = 8
 
 
 def _worth_compiling(widest: int, slices: list[slice]) -> bool:
-    """Whether a pass over ``slices`` would hold enough memory (estimated) to be worth compiling."""
+    """Whether passes over ``slices`` are worth compiling: much memory (estimated) or many slices."""
     largest = max((part.stop - part.start for part in slices), default=0)
-    return _PASS_BYTES_PER_VALUE * max(1, int(widest)) * largest > _COMPILE_ABOVE_BYTES
+    return len(slices) >= _COMPILE_FROM_SLICES or _PASS_BYTES_PER_VALUE * max(1, int(widest)) * largest > _COMPILE_ABOVE_BYTES
 
 
 def _memory_pass_size(widest: int, budget_bytes: int, largest: int) -> int:

@@ -446,10 +446,11 @@ def reestimate_bn_statistics(
     network may need up to one pass per BN layer (an untrained MobileNetV2 in batches
     of 16: 49 passes), so give it a few hundred examples and the default batch size.
 
-    Memory and time: when a batch would hold more than about 64 MB (estimated), each
-    pass is traced once into a ``tf.function`` (TensorFlow frees every activation after
-    its last use), so a pass holds about 5 float32 values per value of the widest BN
-    input, per example of a batch; smaller batches run eagerly (no tracing cost). MobileNetV2-0.35 at
+    Memory and time: when a batch would hold more than about 128 MB (estimated) or ``x``
+    spans 8 batches or more, each pass is traced once into a ``tf.function`` (TensorFlow
+    frees every activation after its last use), so a pass holds about 5 float32 values
+    per value of the widest BN input, per example of a batch; otherwise the passes run
+    eagerly (no tracing cost). MobileNetV2-0.35 at
     224 x 224 with 256 images (``benchmarks/doctor_scale_report.txt``, run 4): about 3 GB
     and 7 s in one batch of 256 (2 passes); with ``batch_size=64`` under 1 GB, but that
     untrained network then needs about a pass per BN layer in its chain (84 s).

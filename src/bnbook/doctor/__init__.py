@@ -66,8 +66,9 @@ subclasses). The measurements stream: each BN layer's ``call`` is wrapped for th
 duration of a pass so that it adds the per-channel count, mean and sum of squared
 deviations of its input (Chan et al.'s merge, float64) and nothing of size
 (examples x activations) is kept; one forward pass over ``x`` per mode measures every
-layer at once, in batches of ``pass_size``. When a pass would hold more than about 64 MB
-(estimated from the widest BN input), each mode's pass is traced once into a
+layer at once, in batches of ``pass_size``. When a pass would hold more than about 128 MB
+(estimated from the widest BN input) or the passes run 8 batches or more, each mode's pass
+is traced once into a
 ``tf.function`` (TensorFlow frees each activation after its last use, where an eager
 call of a functional model holds all of them until it returns; smaller passes run eagerly
 and save the tracing), and ``pass_size``
