@@ -23,8 +23,9 @@ _FIX: dict[str, str] = {
     "stale_statistics": (
         "re-estimate the moving statistics on training data (probes.reestimate_bn_statistics(model, x): the "
         "inference network's statistics, Li et al.'s re-estimation, nested and shared layers included; "
-        "accuracy_reestimated is what it gives on x; it holds a batch of up to 256 examples at once, about 3 GB "
-        "for MobileNetV2-0.35 at 224 x 224: pass batch_size=64 to hold less, at the cost of more passes), "
+        "accuracy_reestimated is what it gives on x; below 512 examples it runs all of x as one batch, about 3 GB "
+        "for 256 images on MobileNetV2-0.35 at 224 x 224: pass batch_size=64 to hold less, at the cost of more "
+        "passes), "
         "train longer, or lower the momentum; chapter 4"
     ),
     "stale_statistics_first_layers": (
