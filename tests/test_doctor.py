@@ -603,7 +603,8 @@ def test_subclassed_model_built_by_calling_it(data: tuple[np.ndarray, np.ndarray
 
 def test_logits_or_probabilities_decided_once_from_the_last_layer() -> None:
     # L6: a one-unit output without activation is logits, even when every value lies in [0, 1].
-    from bnbook.doctor.scoring import _decide_reading, _final_reading, _per_example, _Target
+    from bnbook.doctor.scoring import _final_reading, _per_example, _Target
+    from bnbook.doctor.streaming import _run
 
     gen = np.random.default_rng(5)
     x = (1.0 + gen.standard_normal((128, 4))).astype("float32")
@@ -631,8 +632,14 @@ def test_logits_or_probabilities_decided_once_from_the_last_layer() -> None:
     loss, _ = _per_example(np.full((128, 1), z), y, target)
     assert float(loss.mean()) == pytest.approx(expected, rel=1e-6)
     # No last layer to read: the first pass decides, and a later pass is read on the same scale.
+    class Replay:  # stands for _Passes: hands each slice's outputs to the pass's scorer
+        def run(self, x, slices, mode, training, streams, each):
+            for part, out in zip(slices, (np.full((64, 1), 0.7), np.full((64, 1), 0.2))):
+                each(part, out)
+
     undecided = _Target("binary")
-    _decide_reading([np.full((64, 1), 0.7), np.full((64, 1), 0.2)], undecided)
+    losses, _ = _run(Replay(), x, [slice(0, 64), slice(64, 128)], "inference", False, {}, None, y, undecided)
     assert undecided.probabilities is True
+    assert float(losses[:64][y[:64] == 1].mean()) == pytest.approx(-np.log(0.7), rel=1e-6)  # read as probabilities
     later, _ = _per_example(np.full((128, 1), 1.5), y, undecided)  # outside [0, 1]: still probabilities
     assert np.all(np.isfinite(later)) and float(later.max()) > 10  # clipped probability, not a logit

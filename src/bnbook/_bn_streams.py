@@ -183,7 +183,7 @@ class _Passes:
         self.eager = keras.backend.backend() != "tensorflow" or not compiled
         self.fallback: str | None = None  # why the passes run eagerly, when a compiled one failed
         self._delivered = 0  # slices the current compiled pass has run
-        self._compiled: dict[tuple[str, bool], tuple[Any, list[tuple[str, bool]], _Record]] = {}
+        self._compiled: dict[tuple[str, bool], tuple[Any, _Step]] = {}  # (mode, training) -> (tf.function, its body)
 
     def run(
         self,
@@ -239,15 +239,15 @@ class _Passes:
             spec = tf.TensorSpec((None, *x.shape[1:]), x.dtype)
             # a callable object, not a closure: TensorFlow's frequent-retracing warning counts traces per
             # code object, so closures of successive diagnoses would add up; each _Step traces once
-            self._compiled[key] = (tf.function(step, input_signature=[spec], autograph=False), step.meta, step.record)
-        fn, meta, record = self._compiled[key]
-        with _recording(self.bns, mode, record):  # active while the first call traces
+            self._compiled[key] = (tf.function(step, input_signature=[spec], autograph=False), step)
+        fn, step = self._compiled[key]
+        with _recording(self.bns, mode, step.record):  # active while the first call traces
             for part in slices:
                 out, moments = fn(x[part])
                 self._delivered += 1
                 if each is not None:
                     each(part, out)
-                for (path, masked), (count, mean, m2, bad) in zip(meta, moments):
+                for (path, masked), (count, mean, m2, bad) in zip(step.meta, moments):
                     stream = streams.setdefault(path, _Stream())
                     stream.masked = stream.masked or masked
                     stream.add(int(count.numpy()), mean.numpy(), m2.numpy(), bad.numpy())

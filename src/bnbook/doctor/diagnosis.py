@@ -232,10 +232,10 @@ def diagnose(
     passes = _Passes(model, bns, compiled=_worth_compiling(widest, stats_slices + train_slices))
     with probes.unchanged_state(model):
         _run(passes, x, stats_slices, "batch", False, population, index, None, None)
-        infer = _run(passes, x, stats_slices, "inference", False, inference, index, y, target)[:2]
+        infer = _run(passes, x, stats_slices, "inference", False, inference, index, y, target)
         train: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         if y is not None or dropout_fed:
-            train = _run(passes, x, train_slices, "training", True, training, index, y, target)[:2]
+            train = _run(passes, x, train_slices, "training", True, training, index, y, target)
         gain: dict[str, Any] = {}
         significant = harmful = accuracy_gain = False
         if y is not None:
@@ -257,7 +257,7 @@ def diagnose(
                 )
             except ValueError:  # an inference-mode pass met a non-finite input: keep the batch-normalised pass
                 probes._assign_statistics(usable, first)
-            loss1, acc1 = _run(passes, x, stats_slices, "inference", False, {}, index, y, target)[:2]
+            loss1, acc1 = _run(passes, x, stats_slices, "inference", False, {}, index, y, target)
             loss0, acc0 = infer
             assert loss0 is not None and loss1 is not None
             gain, significant, harmful, accuracy_gain = _reestimation_gain(loss0, loss1, acc0, acc1, t)

@@ -45,7 +45,7 @@ def _final_reading(model: Any, index: Any, kind: str, depth: int = 0) -> bool | 
     The output's last layer: a softmax (categorical) or sigmoid (binary) activation, or a
     ``Softmax`` layer, means probabilities; a layer with no activation (``linear``) means
     logits; a nested model is followed to its own output; anything else is unknown (the
-    data decide, see :func:`_decide_reading`).
+    data decide, see :func:`bnbook.doctor.streaming._run`).
     """
     if kind not in _PROBABILITY_ACTIVATIONS or depth > 8:
         return None
@@ -65,20 +65,10 @@ def _final_reading(model: Any, index: Any, kind: str, depth: int = 0) -> bool | 
     return None
 
 
-def _decide_reading(outputs: list[Any], target: _Target) -> None:
-    """Set ``target.probabilities`` from a whole pass's outputs when the model's last layer did not say.
-
-    Binary: every finite output in [0, 1]; categorical: every finite row non-negative
-    and summing to 1. Called on the first pass scored (the inference-mode pass), so
-    later passes are read on the same scale whatever their values.
-    """
-    if target.probabilities is not None or target.kind not in _PROBABILITY_ACTIVATIONS:
-        return
-    target.probabilities = all(_read_as_probabilities(o, target) for o in outputs)
-
-
 def _read_as_probabilities(outputs: Any, target: _Target) -> bool:
-    """Whether one slice's outputs can be probabilities (the test of :func:`_decide_reading`)."""
+    """Whether one slice's outputs can be probabilities: binary, every finite output in [0, 1];
+    categorical, every finite row non-negative and summing to 1. The first pass scored
+    decides from all its slices (:func:`bnbook.doctor.streaming._run`)."""
     values = np.asarray(keras.ops.convert_to_numpy(outputs), np.float64).reshape(len(outputs), -1)
     if target.kind == "binary":
         finite = values[np.isfinite(values)]

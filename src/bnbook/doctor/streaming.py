@@ -38,24 +38,23 @@ def _run(
     index: Any,
     y: np.ndarray | None,
     target: _Target | None,
-) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One pass (moments into ``streams``); per-example losses and accuracies when ``y`` is given.
 
     No output is kept. When the reading of the output (probabilities or logits) is not
     decided yet (the model's last layer did not say), each slice is scored both ways and
-    the pass decides afterwards from all its slices (:func:`~bnbook.doctor.scoring._decide_reading`'s
-    test), so that every later pass is read on the same scale.
+    the pass decides afterwards from all its slices
+    (:func:`~bnbook.doctor.scoring._read_as_probabilities`), so that every later pass is
+    read on the same scale.
     """
     losses: list[np.ndarray] = []
     accuracies: list[np.ndarray] = []
-    seen = [0]
     scored = y is not None and target is not None
     undecided = scored and target is not None and target.probabilities is None and target.kind in ("binary", "categorical")
     both: dict[bool, list[tuple[np.ndarray, np.ndarray | None]]] = {True: [], False: []}
     flags: list[bool] = []
 
     def score(part: slice, out: Any) -> None:
-        seen[0] += part.stop - part.start
         if not scored:
             return
         assert y is not None and target is not None
@@ -80,5 +79,5 @@ def _run(
             if acc is not None:
                 accuracies.append(acc)
     if not losses:
-        return None, None, seen[0]
-    return np.concatenate(losses), (np.concatenate(accuracies) if accuracies else None), seen[0]
+        return None, None
+    return np.concatenate(losses), (np.concatenate(accuracies) if accuracies else None)
